@@ -1,0 +1,50 @@
+"""curax: curation dynamics of generative models retrained on their own curated output."""
+
+import importlib.metadata
+
+import jax
+
+
+# Certified solves need float64; curax enables it at import. Arrays you create in float32
+# stay float32 (state what float32 can reach: see the README).
+jax.config.update("jax_enable_x64", True)
+
+from ._grids import (
+    gaussian_bump_reward as gaussian_bump_reward,
+    grid_1d as grid_1d,
+    grid_2d as grid_2d,
+    label_set as label_set,
+    quadratic_reward as quadratic_reward,
+    rewards_from_functions as rewards_from_functions,
+    two_basin_problem as two_basin_problem,
+)
+from ._maps import (
+    AbstractReplicatorMap as AbstractReplicatorMap,
+    curate as curate,
+    CurationMap as CurationMap,
+    expected_exp_rewards as expected_exp_rewards,
+    fw_gap as fw_gap,
+    growth as growth,
+    potential as potential,
+    ReplicatorMap as ReplicatorMap,
+    trajectory as trajectory,
+)
+from ._problem import (
+    CurationProblem as CurationProblem,
+    nodes_for_spread as nodes_for_spread,
+    reference_weight_from_ratio as reference_weight_from_ratio,
+    spread_for_nodes as spread_for_nodes,
+    support_size as support_size,
+)
+from ._solution import RESULTS as RESULTS, Solution as Solution
+
+# --- solvers (issue 4) ---
+
+# --- nash (issue 5) ---
+
+# --- theory, sampling, cli (issue 6) ---
+
+# --- sweep (issue 7) ---
+
+
+__version__ = importlib.metadata.version("curax")

@@ -1,0 +1,384 @@
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree
+
+from ._problem import (
+    QUAD_STEP,
+    QUAD_U_MIN,
+    check_distribution,
+    CurationProblem,
+    spread_for_nodes,
+)
+
+
+# Elements (rewards x nodes x points) in one block of the finite-K quadrature: the memory of a
+# map evaluation is O(this), not O(Q * n).
+_BLOCK_ELEMENTS = 2**19
+# Above this many multiples of K, the growth factor of a point far above the support's maximum
+# is K (1 - (K - 1) E_p[W] / W) to ~1e-14; below it the quadrature is exact.
+_ASYMPTOTIC_RATIO = 1e7
+
+
+def _exp_cap(dtype: Any) -> float:
+    # Cap on log w for points far above the support's maximum, so that w / E_p[w] stays finite
+    # (E_p[w] >= p(argmax) can be tiny). Such growth factors (> e^300) only mean "unstable".
+    return 300.0 if jnp.finfo(dtype).bits == 64 else 40.0
+
+
+def prepare_distribution(p: Array, problem: CurationProblem) -> Array:
+    """Validate `p` against `problem` and put it exactly on the simplex (clip rounding-level
+    negatives, renormalise): the finite-K map maps total mass c to ~c^K, so evaluating it off
+    the simplex would amplify rounding errors every round (design notes, section 7)."""
+    p = check_distribution(p, problem.size, "p", problem.rewards.dtype)
+    p = jnp.clip(p, 0.0)
+    return p / jnp.sum(p)
+
+
+def _support_max(s: Array, p: Array) -> Array:
+    # The maps are invariant to a per-row shift, so the shift carries no gradient.
+    return lax.stop_gradient(jnp.max(jnp.where(p > 0, s, -jnp.inf), axis=-1, keepdims=True))
+
+
+def _tilt_growth(s: Float[Array, "r n"], p: Float[Array, " n"]) -> Float[Array, "r n"]:
+    """K -> infinity: G_i = w_i / E_p[w_i], with w_i shifted by the support maximum."""
+    w = jnp.exp(jnp.minimum(s - _support_max(s, p), _exp_cap(s.dtype)))
+    return w / (w @ p)[:, None]
+
+
+def _blocks(x: Array, size: int) -> Array:
+    """Split the last axis of `x` into blocks of `size` (zero-padded): (..., n) -> (b, ..., size)."""
+    n = x.shape[-1]
+    nb = -(-n // size)
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, nb * size - n)])
+    return jnp.moveaxis(x.reshape(*x.shape[:-1], nb, size), -2, 0)
+
+
+def _laplace_growth(
+    s: Float[Array, "r n"],
+    p: Float[Array, " n"],
+    k: Float[Array, " r"],
+    num_nodes: int,
+) -> Float[Array, "r n"]:
+    """Exact finite-K growth factor H(x) = E[K w(x) / (w(x) + sum_{j<K} w(y_j))], y_j ~ p.
+
+    Laplace identity 1/s = int_0^inf e^{-ts} dt:
+    H(x) = K w(x) int_0^inf e^{-t w(x)} phi(t)^{K-1} dt with phi(t) = E_p[e^{-t w}], by a
+    double-exponential trapezoid rule in u (t = exp(-log K + u - e^{-u})), two passes of
+    O(r * Q * n) in blocks of bounded memory.
+    """
+    dtype = s.dtype
+    r, n = s.shape
+    spread = jnp.max(s, axis=-1) - jnp.min(s, axis=-1)
+    covered = spread_for_nodes(num_nodes)
+    s = eqx.error_if(
+        s,
+        jnp.any(spread > covered + 1e-9),
+        f"The scaled rewards span more nats than the finite-K quadrature covers "
+        f"({covered:.1f} nats with quadrature_nodes={num_nodes}); pass "
+        f"`quadrature_nodes=curax.nodes_for_spread(spread)` to `CurationProblem`.",
+    )
+    if jnp.finfo(dtype).bits < 64:
+        s = eqx.error_if(
+            s,
+            jnp.any(spread > 80.0),
+            "The finite-K map in float32 overflows for reward spreads above 80 nats; use "
+            "float64 rewards.",
+        )
+    # Shift by the global maximum so that every point, on the support or not, has w <= 1 and
+    # the quadrature is accurate everywhere; but never more than `covered` nats above the
+    # support's minimum, so that the support stays representable.
+    smin_support = lax.stop_gradient(-jnp.max(jnp.where(p > 0, -s, -jnp.inf), axis=-1))
+    shift = jnp.clip(
+        lax.stop_gradient(jnp.max(s, axis=-1)),
+        _support_max(s, p)[:, 0],
+        smin_support + covered,
+    )
+    w = jnp.exp(jnp.minimum(s - shift[:, None], _exp_cap(dtype)))
+    ew = w @ p  # E_p[w], (r,)
+
+    u = QUAD_U_MIN + QUAD_STEP * jnp.arange(num_nodes, dtype=dtype)
+    t = jnp.exp(-jnp.log(k)[:, None] + u - jnp.exp(-u))  # (r, Q)
+    c = QUAD_STEP * t * (1 + jnp.exp(-u))
+
+    chunk = max(128, min(n, _BLOCK_ELEMENTS // max(1, r * num_nodes)))
+    w_blocks = _blocks(w, chunk)  # (b, r, chunk)
+    p_blocks = _blocks(p, chunk)  # (b, chunk)
+
+    # Pass 1: phi_k = E_p[e^{-t_k w}] and E_p[expm1(-t_k w)] for every node.
+    def pass1(carry, blk):
+        wb, pb = blk
+        tw = t[:, :, None] * wb[:, None, :]  # (r, Q, chunk)
+        return (carry[0] + jnp.exp(-tw) @ pb, carry[1] + jnp.expm1(-tw) @ pb), None
+
+    zeros = jnp.zeros((r, num_nodes), dtype)
+    (phi, phim1), _ = lax.scan(pass1, (zeros, zeros), (w_blocks, p_blocks))
+    # log phi two ways: log1p of the expm1 sum where t E[w] < 1 (phi near 1), the log of the
+    # direct sum elsewhere; either alone loses accuracy for peaked p or large K.
+    small = t * ew[:, None] < 1
+    log_phi = jnp.where(
+        small,
+        jnp.log1p(jnp.where(small, phim1, 0.0)),
+        jnp.log(jnp.where(small, 1.0, phi)),
+    )
+    a = c * jnp.exp((k[:, None] - 1) * log_phi)  # (r, Q)
+
+    # Pass 2: H(x) = K w(x) sum_k a_k e^{-t_k w(x)}.
+    def pass2(blk):
+        tw = t[:, :, None] * blk[:, None, :]
+        return jnp.einsum("rq,rqc->rc", a, jnp.exp(-tw))
+
+    h = jnp.moveaxis(lax.map(pass2, w_blocks), 0, -2).reshape(r, -1)[:, :n]
+    h = k[:, None] * w * h
+    # Points far above the support's maximum (only when the spread exceeds the node coverage):
+    # asymptotic expansion, error O((K E[w] / w)^2).
+    far = w >= _ASYMPTOTIC_RATIO * k[:, None]
+    asym = k[:, None] * (1 - (k[:, None] - 1) * ew[:, None] / jnp.where(far, w, 1.0))
+    return jnp.where(far, asym, h)
+
+
+def reward_growths(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, "m n"]:
+    """Growth factor of each reward row, `G_i(x)`, before mixing over rewards: the curated
+    distribution under reward `i` alone is `p * G_i`. `p` must already be on the simplex."""
+    s = problem.scaled_rewards
+    ks = problem.ks
+    groups: dict[str, list[int]] = {"inf": [], "one": [], "finite": []}
+    for i, kk in enumerate(ks):
+        groups["inf" if kk is None else "one" if kk == 1 else "finite"].append(i)
+    rows: list[Array] = []
+    order: list[int] = []
+    if groups["inf"]:
+        idx = groups["inf"]
+        rows.append(_tilt_growth(s[jnp.array(idx)], p))
+        order += idx
+    if groups["one"]:
+        idx = groups["one"]
+        rows.append(jnp.ones((len(idx), problem.size), s.dtype))
+        order += idx
+    if groups["finite"]:
+        idx = groups["finite"]
+        k = jnp.array([ks[i] for i in idx], dtype=s.dtype)
+        rows.append(_laplace_growth(s[jnp.array(idx)], p, k, problem.quadrature_nodes))
+        order += idx
+    g = jnp.concatenate(rows, axis=0)
+    if order != list(range(len(ks))):
+        g = g[jnp.argsort(jnp.array(order))]
+    return g
+
+
+@eqx.filter_jit
+def _growth(p: Array, problem: CurationProblem) -> Array:
+    p = prepare_distribution(p, problem)
+    return problem.weights @ reward_growths(p, problem)
+
+
+@eqx.filter_jit
+def _curate(p: Array, problem: CurationProblem) -> Array:
+    p = prepare_distribution(p, problem)
+    # Zero-mass points stay exactly zero, even where their growth factor is huge.
+    curated = jnp.where(p > 0, p * (problem.weights @ reward_growths(p, problem)), 0.0)
+    if problem.reference is None:
+        return curated
+    rw = problem.reference_weight
+    return rw * problem.reference + (1 - rw) * curated
+
+
+class AbstractReplicatorMap(eqx.Module):
+    """A map on the simplex of replicator form `p -> p * G(p)` (optionally mixed with a fixed
+    reference distribution). Solvers that exploit this structure (e.g.
+    [`curax.ActiveSetNewton`][]) read the growth factor `G` through `growth`.
+    """
+
+    @abc.abstractmethod
+    def growth(self, p: Float[Array, " n"], args: PyTree) -> Float[Array, " n"]:
+        """The growth factor `G(p)`, shape `(n,)`."""
+
+    @abc.abstractmethod
+    def __call__(self, p: Float[Array, " n"], args: PyTree) -> Float[Array, " n"]:
+        """The next distribution."""
+
+
+class CurationMap(AbstractReplicatorMap):
+    """One retraining round of a [`curax.CurationProblem`][]; the object behind
+    [`curax.curate`][]. Call it as `curax.curate(p, problem)`."""
+
+    def growth(self, p: Float[Array, " n"], args: CurationProblem) -> Float[Array, " n"]:
+        """Growth factor `G(p) = sum_i alpha_i G_i(p)` of the curation step (before mixing in
+        reference data), shape `(n,)`: the curated distribution is `p * G(p)`. At a stable
+        fixed point without reference data, `G <= 1` everywhere with equality on the support.
+        """
+        return _growth(p, args)
+
+    def __call__(self, p: Float[Array, " n"], args: CurationProblem) -> Float[Array, " n"]:
+        """One retraining round: `p -> reference_weight * reference +
+        (1 - reference_weight) * p * G(p)`.
+
+        **Arguments:**
+
+        - `p`: `Float[Array, " n"]`, the current model, a distribution on the support.
+        - `args`: the [`curax.CurationProblem`][].
+
+        **Returns:**
+
+        The next model, `Float[Array, " n"]`, on the simplex.
+
+        Finite `k` is evaluated exactly (no sampling, no enumeration) through the Laplace
+        identity, with `problem.quadrature_nodes` nodes: O(n Q) work, O(Q * 2^19 / Q) memory.
+        The signature `fn(y, args)` is optimistix's, so `curax.curate` can be handed to any
+        fixed-point solver.
+
+        !!! Example
+
+            ```python
+            p1 = curax.curate(problem.uniform(), problem)
+            ```
+        """
+        return _curate(p, args)
+
+
+class ReplicatorMap(AbstractReplicatorMap):
+    """Wrap a user's growth factor `growth_fn(p, args) -> G` as the map `p -> p * G(p)`, so
+    that replicator-aware solvers can use it.
+
+    !!! Example
+
+        ```python
+        fn = curax.ReplicatorMap(lambda p, E: E.T @ (0.5 / (E @ p)))
+        ```
+    """
+
+    growth_fn: Callable[[Array, PyTree], Array]
+
+    def growth(self, p: Float[Array, " n"], args: PyTree) -> Float[Array, " n"]:
+        return self.growth_fn(p, args)
+
+    def __call__(self, p: Float[Array, " n"], args: PyTree) -> Float[Array, " n"]:
+        return p * self.growth_fn(p, args)
+
+
+curate = CurationMap()
+
+
+def growth(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, " n"]:
+    """Growth factor `G(p)` of one curation round (see [`curax.CurationMap.growth`][]).
+
+    **Arguments:**
+
+    - `p`: `Float[Array, " n"]`, a distribution on the support.
+    - `problem`: the [`curax.CurationProblem`][].
+
+    **Returns:**
+
+    `Float[Array, " n"]`: `G` such that the curated distribution is `p * G`.
+
+    !!! Example
+
+        ```python
+        g = curax.growth(problem.uniform(), problem)
+        ```
+    """
+    return _growth(p, problem)
+
+
+@eqx.filter_jit
+def trajectory(
+    p0: Float[Array, " n"], problem: CurationProblem, rounds: int
+) -> Float[Array, "rounds+1 n"]:
+    """Run the dynamics for `rounds` retraining rounds (a `lax.scan`).
+
+    **Arguments:**
+
+    - `p0`: `Float[Array, " n"]`, the initial model.
+    - `problem`: the [`curax.CurationProblem`][].
+    - `rounds`: number of rounds (static int).
+
+    **Returns:**
+
+    `Float[Array, "rounds+1 n"]`, row `t` the model after `t` rounds (row 0 is `p0`).
+
+    !!! Example
+
+        ```python
+        ps = curax.trajectory(problem.uniform(), problem, 100)
+        ```
+    """
+    if not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"`rounds` must be a non-negative int, got {rounds!r}.")
+    p0 = prepare_distribution(p0, problem)
+
+    def body(p, _):
+        p_next = _curate(p, problem)
+        return p_next, p_next
+
+    _, ps = lax.scan(body, p0, None, length=rounds)
+    return jnp.concatenate([p0[None], ps], axis=0)
+
+
+@eqx.filter_jit
+def expected_exp_rewards(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, " m"]:
+    """`log u_i = log E_p[exp(r_i / tau)]` for each reward, computed stably.
+
+    **Returns:** `Float[Array, " m"]`, the log utilities of the K -> infinity Nash problem.
+    """
+    p = prepare_distribution(p, problem)
+    return jax.nn.logsumexp(problem.scaled_rewards, b=p[None, :], axis=-1)
+
+
+@eqx.filter_jit
+def potential(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, ""]:
+    """The log Nash product `Phi(p) = sum_i alpha_i log E_p[exp(r_i / tau)]`.
+
+    Concave; non-decreasing along the K -> infinity dynamics without reference data, and
+    maximised at their stable point (the weighted Nash bargaining solution with
+    utilities `E_p[e^{r_i/tau}]`, disagreement point 0 and weights alpha).
+
+    **Arguments:**
+
+    - `p`: `Float[Array, " n"]`, a distribution on the support.
+    - `problem`: the [`curax.CurationProblem`][] (its `k` and reference are ignored).
+
+    **Returns:**
+
+    A scalar.
+
+    !!! Example
+
+        ```python
+        phi = curax.potential(problem.uniform(), problem)
+        ```
+    """
+    return problem.weights @ expected_exp_rewards(p, problem)
+
+
+@eqx.filter_jit
+def fw_gap(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, ""]:
+    """The Frank-Wolfe / KKT gap `max_x G(x) - 1` of `p`, with `G` the problem's growth
+    factor (reference data ignored).
+
+    For K -> infinity, `G = sum_i alpha_i w_i / E_p[w_i]` is the gradient of the potential and
+    the gap bounds the suboptimality: `0 <= Phi* - Phi(p) <= fw_gap(p)`. For finite K it is the
+    largest growth factor minus one: 0 exactly at a stable fixed point, > 0 at a fixed point
+    that is unstable (mass placed at the argmax grows) or at a point that is not fixed.
+    Always >= 0, since `E_p[G] = 1`.
+
+    **Arguments:**
+
+    - `p`: `Float[Array, " n"]`, a distribution on the support.
+    - `problem`: the [`curax.CurationProblem`][].
+
+    **Returns:**
+
+    A scalar, >= 0.
+
+    !!! Example
+
+        ```python
+        gap = curax.fw_gap(problem.uniform(), problem)
+        ```
+    """
+    return jnp.max(_growth(p, problem)) - 1
