@@ -39,12 +39,25 @@ from ._problem import (
 from ._solution import RESULTS as RESULTS, Solution as Solution
 
 # --- solvers (issue 4) ---
+from ._fixed_point import fixed_point as fixed_point
+from ._solver import (
+    DampedIteration as DampedIteration,
+    PlainIteration as PlainIteration,
+    SQUAREM as SQUAREM,
+)
 
 # --- nash (issue 5) ---
 
 # --- theory, sampling, cli (issue 6) ---
 
 # --- sweep (issue 7) ---
+from ._sharding import device_mesh as device_mesh, shard_support as shard_support
+from ._sweep import (
+    load_sweep as load_sweep,
+    plot_sweep as plot_sweep,
+    sweep as sweep,
+    SweepResult as SweepResult,
+)
 
 
 __version__ = importlib.metadata.version("curax")
