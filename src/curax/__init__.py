@@ -43,6 +43,7 @@ from ._solution import RESULTS as RESULTS, Solution as Solution
 # --- nash (issue 5) ---
 
 # --- theory, sampling, cli (issue 6) ---
+from . import theory as theory
 
 # --- sweep (issue 7) ---
 from ._sharding import device_mesh as device_mesh, shard_support as shard_support
