@@ -39,6 +39,12 @@ from ._problem import (
 from ._solution import RESULTS as RESULTS, Solution as Solution
 
 # --- solvers (issue 4) ---
+from ._fixed_point import fixed_point as fixed_point
+from ._solver import (
+    DampedIteration as DampedIteration,
+    PlainIteration as PlainIteration,
+    SQUAREM as SQUAREM,
+)
 
 # --- nash (issue 5) ---
 

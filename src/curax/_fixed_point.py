@@ -1,0 +1,187 @@
+"""`curax.fixed_point`: optimistix's fixed-point loop plus the certificates that mean something
+for curation dynamics (map evaluations, residual, Frank-Wolfe gap, stability)."""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax.lax as lax
+import jax.numpy as jnp
+import lineax as lx
+import optimistix as optx
+from jaxtyping import Array, ArrayLike, PyTree
+
+from ._maps import AbstractReplicatorMap, CurationMap
+from ._problem import check_distribution, CurationProblem
+from ._solution import RESULTS, Solution, throw_if_failed
+from ._solver._misc import to_simplex
+
+
+# Matrix-free implicit differentiation: the default `lx.AutoLinearSolver` would build the
+# dense n x n Jacobian. GMRES needs a restart length a little above the support size of a
+# stable point (the Jacobian of f - id is -I off the support, plus a low-rank part on it).
+DEFAULT_ADJOINT = optx.ImplicitAdjoint(
+    linear_solver=lx.GMRES(rtol=1e-11, atol=1e-13, restart=64, stagnation_iters=64)
+)
+
+
+def _reference_active(fn: Callable, args: Any) -> Any:
+    """Whether the map mixes in reference data (then its fixed point has full support and the
+    growth factor is no stability certificate). Known statically except for the weight."""
+    if (
+        isinstance(fn, CurationMap)
+        and isinstance(args, CurationProblem)
+        and args.reference is not None
+    ):
+        return args.reference_weight > 0
+    return jnp.array(False)
+
+
+def _is_active_set(solver: Any) -> bool:
+    return False
+
+
+def _resolve(fn: Callable, solver: Any, args: Any, options: dict[str, Any]) -> Any:
+    """Hand replicator-aware solvers what `optx.fixed_point` hides from them (it closure-
+    converts `fn`): the growth factor, through `options`."""
+    if _is_active_set(solver):
+        if (
+            isinstance(fn, CurationMap)
+            and isinstance(args, CurationProblem)
+            and args.reference is not None
+        ):
+            # Reference data: full support, nothing for an active set to exploit.
+            return solver.fallback, options
+        if isinstance(fn, AbstractReplicatorMap) and solver.growth is None:
+            if "growth" not in options:
+                options["growth"] = fn.growth
+            if "support_growth" not in options:
+                options["support_growth"] = support_growth_for(fn, options["growth"])
+    return solver, options
+
+
+@eqx.filter_jit
+def fixed_point(
+    fn: Callable[[Array, PyTree], Array],
+    solver: optx.AbstractFixedPointSolver,
+    y0: ArrayLike,
+    args: PyTree = None,
+    options: dict[str, Any] | None = None,
+    *,
+    max_steps: int | None = 4096,
+    adjoint: optx.AbstractAdjoint = DEFAULT_ADJOINT,
+    throw: bool = True,
+    gap_tol: float | None = None,
+    tags: frozenset[object] = frozenset(),
+) -> Solution:
+    """Find a fixed point `p = fn(p, args)` of a map on the probability simplex, and certify
+    it.
+
+    This runs `optx.fixed_point` (any optimistix fixed-point solver works, and curax's
+    solvers work inside `optx.fixed_point` too) and adds what a number alone does not say:
+
+    - `stats["num_map_evals"]`: evaluations of `fn` made by the solver (a Jacobian-vector
+        product counts as one; `-1` for an optimistix solver that does not count them);
+    - `stats["residual"]`: `max |fn(p) - p|` at the returned point;
+    - `stats["fw_gap"]` (only when `fn` is an [`curax.AbstractReplicatorMap`][], e.g.
+        [`curax.curate`][]): `max G(p) - 1`, the Frank-Wolfe / KKT gap. A point where the
+        solver converged but the gap stays above `gap_tol` while the points with `G > 1`
+        carry no mass is an *unstable* fixed point (a face optimum or a vertex: mass put
+        there would grow): `RESULTS.unstable_fixed_point`. If those points do carry mass,
+        the solver merely stopped too early: `RESULTS.certificate_failed`. With reference
+        data (`reference_weight > 0`) the fixed point has full support and the gap is
+        reported but not used.
+
+    A stall (the residual stopped decreasing) gives `RESULTS.stalled`; running out of steps
+    `RESULTS.nonlinear_max_steps_reached`.
+
+    **Arguments:**
+
+    - `fn`: the map, called as `fn(p, args)`, returning an array of the shape of `p`.
+    - `solver`: a fixed-point solver, e.g. [`curax.SQUAREM`][], [`curax.ActiveSetNewton`][]
+        or `optx.FixedPointIteration`.
+    - `y0`: `Float[Array, " n"]`, the initial distribution (on the simplex). Start from a
+        full-support distribution: mass that is zero stays zero under a replicator map.
+    - `args`: passed to `fn`, e.g. a [`curax.CurationProblem`][].
+    - `options`: solver-specific runtime options. `"growth"`: the growth factor
+        `G(p, args)` for [`curax.ActiveSetNewton`][] (filled in automatically when `fn` is
+        an [`curax.AbstractReplicatorMap`][]).
+    - `max_steps`: maximum number of solver steps. Keyword only argument.
+    - `adjoint`: how to differentiate the solution; default implicit differentiation
+        through a matrix-free GMRES solve (`optx.ImplicitAdjoint(lx.GMRES(...))`). Keyword
+        only argument.
+    - `throw`: raise on failure (`True`) or report it in `result` (`False`). Keyword only
+        argument. (Inside `jit`, raising follows equinox's `EQX_ON_ERROR` setting.)
+    - `gap_tol`: tolerance on the FW gap for replicator maps; default
+        `max(solver.rtol, solver.atol)`. Keyword only argument.
+    - `tags`: lineax tags for the Jacobian of `fn(p) - p`. Keyword only argument.
+
+    **Returns:**
+
+    A [`curax.Solution`][] with `value` the fixed point, `result`, and `stats` as above
+    (plus `num_steps`, `max_steps` and the solver's own statistics).
+
+    !!! Example
+
+        ```python
+        x, problem = curax.two_basin_problem(n=401, q=0.3)
+        sol = curax.fixed_point(
+            curax.curate, curax.SQUAREM(rtol=1e-10, atol=1e-10), problem.uniform(), problem
+        )
+        sol.value, sol.stats["fw_gap"]
+        ```
+    """
+    y0 = jnp.asarray(y0)
+    if y0.ndim != 1:
+        raise ValueError(
+            f"`y0` must be a distribution of shape (n,) on the simplex, got shape {y0.shape}."
+        )
+    if not jnp.issubdtype(y0.dtype, jnp.floating):
+        y0 = y0.astype(jnp.result_type(float))
+    y0 = to_simplex(check_distribution(y0, y0.shape[0], "y0", y0.dtype))
+    options = {} if options is None else dict(options)
+    solver, options = _resolve(fn, solver, args, options)
+    sol = optx.fixed_point(
+        fn,
+        solver,
+        y0,
+        args,
+        options,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        throw=False,
+        tags=tags,
+    )
+    result = RESULTS.promote(sol.result)
+    stats = dict(sol.stats)
+    if "stalled" in stats:
+        result = RESULTS.where(
+            (result == RESULTS.nonlinear_divergence) & stats["stalled"], RESULTS.stalled, result
+        )
+    if "num_map_evals" not in stats:
+        if isinstance(solver, optx.FixedPointIteration):
+            stats["num_map_evals"] = sol.stats["num_steps"]
+        else:
+            stats["num_map_evals"] = jnp.array(-1)
+
+    p = lax.stop_gradient(sol.value)
+    fp = fn(p, args)
+    stats["residual"] = jnp.max(jnp.abs(fp - p))
+    if isinstance(fn, AbstractReplicatorMap):
+        g = fn.growth(p, args)
+        gap = jnp.max(g) - 1
+        stats["fw_gap"] = gap
+        tol = max(solver.rtol, solver.atol) if gap_tol is None else gap_tol
+        growing_mass = jnp.sum(jnp.where(g > 1 + tol, p, 0.0))
+        check = (result == RESULTS.successful) & ~_reference_active(fn, args) & (gap > tol)
+        result = RESULTS.where(
+            check,
+            RESULTS.where(
+                growing_mass <= max(solver.atol, 1e-12),
+                RESULTS.unstable_fixed_point,
+                RESULTS.certificate_failed,
+            ),
+            result,
+        )
+    out = Solution(value=sol.value, result=result, aux=sol.aux, stats=stats, state=sol.state)
+    return throw_if_failed(out, throw)
