@@ -32,3 +32,30 @@ def brute_force_curate(p, rewards, weights, k, temperature=1.0, reference=None, 
     if reference is not None:
         out = rw * np.asarray(reference) + (1 - rw) * out
     return out
+
+
+def multinomial_growth(p_atoms, w_atoms, w_eval, k):
+    """Exact H at points of weight `w_eval` when p has few atoms (weights `w_atoms`, masses
+    `p_atoms`): sum over all count vectors c (sum c = k - 1) of the multinomial probability times
+    k w / (w + c . w_atoms). Independent of the Laplace quadrature; O(k^(atoms-1))."""
+    from scipy.special import gammaln
+
+    p_atoms = np.asarray(p_atoms, np.float64)
+    w_atoms = np.asarray(w_atoms, np.float64)
+    w_eval = np.asarray(w_eval, np.float64)
+    a = len(p_atoms)
+    assert a in (2, 3)
+    n = k - 1
+    if a == 2:
+        c0 = np.arange(n + 1)
+        counts = np.stack([c0, n - c0], axis=1)
+    else:
+        i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+        keep = i + j <= n
+        counts = np.stack([i[keep], j[keep], n - i[keep] - j[keep]], axis=1)
+    logprob = gammaln(n + 1) - gammaln(counts + 1).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        logprob = logprob + (counts * np.log(p_atoms)).sum(axis=1)
+    prob = np.exp(logprob)
+    rest = counts @ w_atoms
+    return (prob[:, None] * (k * w_eval[None, :] / (w_eval[None, :] + rest[:, None]))).sum(axis=0)

@@ -92,53 +92,70 @@ def _laplace_growth(
         )
     # Shift by the global maximum so that every point, on the support or not, has w <= 1 and
     # the quadrature is accurate everywhere; but never more than `covered` nats above the
-    # support's minimum, so that the support stays representable.
+    # support's minimum, so that the support stays inside the quadrature's range.
     smin_support = lax.stop_gradient(-jnp.max(jnp.where(p > 0, -s, -jnp.inf), axis=-1))
-    shift = jnp.clip(
-        lax.stop_gradient(jnp.max(s, axis=-1)),
+    shift = jnp.maximum(
+        jnp.minimum(lax.stop_gradient(jnp.max(s, axis=-1)), smin_support + covered),
         _support_max(s, p)[:, 0],
-        smin_support + covered,
     )
-    w = jnp.exp(jnp.minimum(s - shift[:, None], _exp_cap(dtype)))
-    ew = w @ p  # E_p[w], (r,)
+    log_w = s - shift[:, None]
+    log_ew = jax.nn.logsumexp(log_w, b=p[None, :], axis=-1)  # log E_p[w], (r,)
+    # Points far above the support's maximum (only when the spread exceeds the node coverage)
+    # take the asymptotic expansion below; capping them keeps every product finite.
+    log_far = jnp.log(_ASYMPTOTIC_RATIO * k)
+    log_wq = jnp.minimum(log_w, log_far[:, None] + 1)
 
     u = QUAD_U_MIN + QUAD_STEP * jnp.arange(num_nodes, dtype=dtype)
-    t = jnp.exp(-jnp.log(k)[:, None] + u - jnp.exp(-u))  # (r, Q)
-    c = QUAD_STEP * t * (1 + jnp.exp(-u))
+    log_t = -jnp.log(k)[:, None] + (u - jnp.exp(-u))[None, :]  # (r, Q)
+    c = QUAD_STEP * (1 + jnp.exp(-u))[None, :]  # trapezoid weight / t
 
+    # t * w in linear space is one multiply, but overflows/underflows float64 beyond ~600
+    # nats of spread; there it is formed in log space (one more exp per node and point).
+    linear = covered <= 600.0
     chunk = max(128, min(n, _BLOCK_ELEMENTS // max(1, r * num_nodes)))
-    w_blocks = _blocks(w, chunk)  # (b, r, chunk)
     p_blocks = _blocks(p, chunk)  # (b, chunk)
+    if linear:
+        t = jnp.exp(log_t)
+        x_blocks = _blocks(jnp.exp(log_wq), chunk)  # (b, r, chunk)
+
+        def times_w(xb):
+            return t[:, :, None] * xb[:, None, :]  # (r, Q, chunk)
+
+    else:
+        x_blocks = _blocks(log_wq, chunk)
+
+        def times_w(xb):
+            return jnp.exp(log_t[:, :, None] + xb[:, None, :])
 
     # Pass 1: phi_k = E_p[e^{-t_k w}] and E_p[expm1(-t_k w)] for every node.
     def pass1(carry, blk):
-        wb, pb = blk
-        tw = t[:, :, None] * wb[:, None, :]  # (r, Q, chunk)
+        xb, pb = blk
+        tw = times_w(xb)
         return (carry[0] + jnp.exp(-tw) @ pb, carry[1] + jnp.expm1(-tw) @ pb), None
 
     zeros = jnp.zeros((r, num_nodes), dtype)
-    (phi, phim1), _ = lax.scan(pass1, (zeros, zeros), (w_blocks, p_blocks))
+    (phi, phim1), _ = lax.scan(pass1, (zeros, zeros), (x_blocks, p_blocks))
     # log phi two ways: log1p of the expm1 sum where t E[w] < 1 (phi near 1), the log of the
     # direct sum elsewhere; either alone loses accuracy for peaked p or large K.
-    small = t * ew[:, None] < 1
+    small = log_t + log_ew[:, None] < 0
     log_phi = jnp.where(
         small,
         jnp.log1p(jnp.where(small, phim1, 0.0)),
-        jnp.log(jnp.where(small, 1.0, phi)),
+        # phi underflows to 0 at the largest nodes; flooring it keeps log (and its
+        # derivative) finite, and tiny ** (K - 1) is 0 all the same.
+        jnp.log(jnp.where(small, 1.0, jnp.maximum(phi, jnp.finfo(dtype).tiny))),
     )
     a = c * jnp.exp((k[:, None] - 1) * log_phi)  # (r, Q)
 
-    # Pass 2: H(x) = K w(x) sum_k a_k e^{-t_k w(x)}.
-    def pass2(blk):
-        tw = t[:, :, None] * blk[:, None, :]
-        return jnp.einsum("rq,rqc->rc", a, jnp.exp(-tw))
+    # Pass 2: H(x) = K sum_k a_k (t_k w(x)) e^{-t_k w(x)}.
+    def pass2(xb):
+        tw = times_w(xb)
+        return jnp.einsum("rq,rqc->rc", a, tw * jnp.exp(-tw))
 
-    h = jnp.moveaxis(lax.map(pass2, w_blocks), 0, -2).reshape(r, -1)[:, :n]
-    h = k[:, None] * w * h
-    # Points far above the support's maximum (only when the spread exceeds the node coverage):
-    # asymptotic expansion, error O((K E[w] / w)^2).
-    far = w >= _ASYMPTOTIC_RATIO * k[:, None]
-    asym = k[:, None] * (1 - (k[:, None] - 1) * ew[:, None] / jnp.where(far, w, 1.0))
+    h = jnp.moveaxis(lax.map(pass2, x_blocks), 0, -2).reshape(r, -1)[:, :n]
+    h = k[:, None] * h
+    far = log_w >= log_far[:, None]
+    asym = k[:, None] * (1 - (k[:, None] - 1) * jnp.exp(log_ew[:, None] - jnp.where(far, log_w, 0.0)))
     return jnp.where(far, asym, h)
 
 
@@ -288,7 +305,7 @@ def growth(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, " n"
 @eqx.filter_jit
 def trajectory(
     p0: Float[Array, " n"], problem: CurationProblem, rounds: int
-) -> Float[Array, "rounds+1 n"]:
+) -> Float[Array, "steps n"]:
     """Run the dynamics for `rounds` retraining rounds (a `lax.scan`).
 
     **Arguments:**

@@ -171,7 +171,7 @@ class CurationProblem(eqx.Module):
         self,
         rewards: ArrayLike,
         weights: ArrayLike | None = None,
-        k: int | None | Sequence[int | None] = None,
+        k: int | float | None | Sequence[int | None] = None,
         temperature: ArrayLike = 1.0,
         reference: ArrayLike | None = None,
         reference_weight: ArrayLike = 0.0,
