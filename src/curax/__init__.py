@@ -41,7 +41,9 @@ from ._solution import RESULTS as RESULTS, Solution as Solution
 # --- solvers (issue 4) ---
 from ._fixed_point import fixed_point as fixed_point
 from ._solver import (
+    ActiveSetNewton as ActiveSetNewton,
     DampedIteration as DampedIteration,
+    NewtonKrylov as NewtonKrylov,
     PlainIteration as PlainIteration,
     SQUAREM as SQUAREM,
 )

@@ -15,6 +15,7 @@ from ._maps import AbstractReplicatorMap, CurationMap
 from ._problem import check_distribution, CurationProblem
 from ._solution import RESULTS, Solution, throw_if_failed
 from ._solver._misc import to_simplex
+from ._solver.active_set import ActiveSetNewton, support_growth_for
 
 
 # Matrix-free implicit differentiation: the default `lx.AutoLinearSolver` would build the
@@ -37,14 +38,10 @@ def _reference_active(fn: Callable, args: Any) -> Any:
     return jnp.array(False)
 
 
-def _is_active_set(solver: Any) -> bool:
-    return False
-
-
 def _resolve(fn: Callable, solver: Any, args: Any, options: dict[str, Any]) -> Any:
     """Hand replicator-aware solvers what `optx.fixed_point` hides from them (it closure-
     converts `fn`): the growth factor, through `options`."""
-    if _is_active_set(solver):
+    if isinstance(solver, ActiveSetNewton):
         if (
             isinstance(fn, CurationMap)
             and isinstance(args, CurationProblem)
@@ -113,7 +110,7 @@ def fixed_point(
     - `throw`: raise on failure (`True`) or report it in `result` (`False`). Keyword only
         argument. (Inside `jit`, raising follows equinox's `EQX_ON_ERROR` setting.)
     - `gap_tol`: tolerance on the FW gap for replicator maps; default
-        `max(solver.rtol, solver.atol)`. Keyword only argument.
+        `solver.rtol + solver.atol` (the gap is a relative growth rate, `G ~ 1`). Keyword only argument.
     - `tags`: lineax tags for the Jacobian of `fn(p) - p`. Keyword only argument.
 
     **Returns:**
@@ -171,7 +168,7 @@ def fixed_point(
         g = fn.growth(p, args)
         gap = jnp.max(g) - 1
         stats["fw_gap"] = gap
-        tol = max(solver.rtol, solver.atol) if gap_tol is None else gap_tol
+        tol = solver.rtol + solver.atol if gap_tol is None else gap_tol
         growing_mass = jnp.sum(jnp.where(g > 1 + tol, p, 0.0))
         check = (result == RESULTS.successful) & ~_reference_active(fn, args) & (gap > tol)
         result = RESULTS.where(
