@@ -52,6 +52,15 @@ from ._solver import (
 
 # --- theory, sampling, cli (issue 6) ---
 from . import theory as theory
+from ._sampling import (
+    fit_mixture as fit_mixture,
+    GaussianMixture as GaussianMixture,
+    sample_round as sample_round,
+    sample_size_study as sample_size_study,
+    SampleSizeStudy as SampleSizeStudy,
+    simulate_histogram as simulate_histogram,
+    simulate_mixture as simulate_mixture,
+)
 
 # --- sweep (issue 7) ---
 from ._sharding import device_mesh as device_mesh, shard_support as shard_support

@@ -358,7 +358,8 @@ def check_monotonicity(
     multiplicative algorithm / EM). The checked quantity is `log E_p[e^{r/tau}]` (m = 1) or
     `Phi` (m > 1).
 
-    Hypotheses: no reference data, and either m = 1 or every K infinite. Measured: the largest
+    Hypotheses: no reference data, and either one effective reward (m = 1 or one weight
+    equal to 1) or every K infinite. Measured: the largest
     decrease `max_t (Phi_t - Phi_{t+1})`, compared with `rtol * max(1, |Phi|)`.
 
     **Arguments:**
@@ -373,9 +374,11 @@ def check_monotonicity(
     A [`curax.theory.TheoremReport`][].
     """
     p0 = _start(problem, p0)
+    w = np.asarray(problem.weights)
+    single = problem.num_rewards == 1 or bool(np.isclose(w.max(), 1.0, atol=1e-12))
     hypotheses = {
         "no_reference_data": _no_reference(problem),
-        "single_reward_or_k_inf": problem.num_rewards == 1 or _all_k_inf(problem),
+        "single_reward_or_k_inf": single or _all_k_inf(problem),
     }
     ps = trajectory(p0, problem, rounds)
     phi = np.asarray(jax.vmap(lambda p: potential(p, problem))(ps))
@@ -1137,3 +1140,30 @@ def phase_diagram(
         basin_mass=masses,
         stability=stab,
     )
+
+
+def nash_agreement(problem: CurationProblem, p_dynamics: ArrayLike) -> dict[str, dict[str, Any]]:
+    """Compare the stable point reached by the dynamics with independent solves of the
+    K = infinity fixed point / Nash problem, through the potential `Phi` and the Frank-Wolfe
+    gap (the stable point is unique only through `u = E p` and `Phi`).
+
+    **Returns:**
+
+    `{method: {"phi", "fw_gap", "method", "result"}}` for each independent method available.
+    """
+    from ._fixed_point import fixed_point
+    from ._solver import SQUAREM
+
+    inf = problem.with_k(None)
+    out: dict[str, dict[str, Any]] = {}
+    sol = fixed_point(
+        curate, SQUAREM(rtol=1e-10, atol=1e-12), inf.uniform(), inf, max_steps=20000, throw=False
+    )
+    out["fixed_point"] = {
+        "method": "curax.fixed_point(SQUAREM)",
+        "phi": float(potential(sol.value, inf)),
+        "fw_gap": float(sol.stats["fw_gap"]),
+        "result": str(sol.result._value),  # pyright: ignore[reportAttributeAccessIssue]
+    }
+    del p_dynamics
+    return out
