@@ -42,6 +42,7 @@ from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._fixed_point import fixed_point as fixed_point
 from ._solver import (
     ActiveSetNewton as ActiveSetNewton,
+    Anderson as Anderson,
     DampedIteration as DampedIteration,
     NewtonKrylov as NewtonKrylov,
     PlainIteration as PlainIteration,
@@ -49,6 +50,7 @@ from ._solver import (
 )
 
 # --- nash (issue 5) ---
+from ._nash import BargainingProblem as BargainingProblem, nash_solution as nash_solution
 
 # --- theory, sampling, cli (issue 6) ---
 from . import theory as theory

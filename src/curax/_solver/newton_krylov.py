@@ -9,7 +9,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Int, PyTree, Scalar
 
 from .._custom_types import Aux
-from ._misc import DEFAULT_PATIENCE, scaled_error, StallTracker, terminate_on, to_simplex
+from ._misc import scaled_error, StallTracker, terminate_on, to_simplex
 
 
 class _NewtonKrylovState(eqx.Module):
@@ -27,7 +27,10 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
     `P (J - I) P d = -(f(p) - p)` with lineax GMRES (`P` removes the mean, so the step keeps
     the total mass), and backtracks `p + t d` (clipped onto the simplex) for
     `t = 1, 1/2, ...` until `max |F|` decreases by the Armijo factor `1 - 1e-4 t`. If no `t`
-    decreases it, the solve has stalled (`RESULTS.stalled` through [`curax.fixed_point`][]).
+    decreases it, or the boundary of the simplex cuts the step below 5% of the Newton step
+    (far from a fixed point the Newton direction can be poor), the plain step `f(p)` is
+    taken instead; `patience` steps without a new best residual are a stall
+    (`RESULTS.stalled` through [`curax.fixed_point`][]).
 
     Converges quadratically near a fixed point with an invertible `J - I`, e.g. the unique
     interior fixed point of a map with reference data. **It does not know about stability**:
@@ -43,10 +46,10 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
     atol: float
     norm: Callable[[PyTree], Scalar] = optx.max_norm
     linear_solver: lx.AbstractLinearSolver = lx.GMRES(
-        rtol=1e-10, atol=1e-14, restart=40, max_steps=20, stagnation_iters=20
+        rtol=1e-10, atol=1e-14, restart=50, max_steps=2, stagnation_iters=2
     )
-    max_backtracks: int = 12
-    patience: int = DEFAULT_PATIENCE
+    max_backtracks: int = 5
+    patience: int = 32
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> _NewtonKrylovState:
         del fn, args, options, f_struct, aux_struct, tags
@@ -75,6 +78,7 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
 
         operator = lx.FunctionLinearOperator(matvec, jax.ShapeDtypeStruct(y.shape, y.dtype))
         lin_sol = lx.linear_solve(operator, -project(res0), self.linear_solver, throw=False)
+        # (A failed or inexact Krylov solve is not fatal: the line search judges the step.)
         direction = project(lin_sol.value)
         direction = jnp.where(jnp.all(jnp.isfinite(direction)), direction, -res0)
         if isinstance(self.linear_solver, lx.GMRES):
@@ -82,30 +86,49 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
         else:
             num_matvecs = jnp.array(0)
 
+        # Fraction to the boundary: the step never zeroes a point's mass outright (that
+        # distorts the iterate and, for a replicator map, cannot be undone); points still
+        # head geometrically towards zero if the Newton direction says so.
+        ratio = jnp.where(direction < 0, y / jnp.where(direction < 0, -direction, 1.0), jnp.inf)
+        t_max = jnp.minimum(1.0, 0.99 * jnp.min(ratio))
+        # A step cut short by the boundary is no Newton step: go straight to the fallback.
+        usable = t_max >= 0.05
+
         def ls_cond(carry):
-            i, _, _, accepted = carry
-            return (i < self.max_backtracks) & ~accepted
+            i, _, _, _, accepted = carry
+            return (i < self.max_backtracks) & ~accepted & usable
 
         def ls_body(carry):
-            i, _, _, _ = carry
-            t = 0.5**i
+            i, best, best_r, _, _ = carry
+            t = t_max * 0.5**i
             cand = to_simplex(y + t * direction)
             r = jnp.max(jnp.abs(f(cand) - cand))
-            accepted = jnp.isfinite(r) & (r <= (1 - 1e-4 * t) * norm0)
-            return i + 1, cand, r, accepted
+            r = jnp.where(jnp.isfinite(r), r, jnp.inf)
+            accepted = r <= (1 - 1e-4 * t) * norm0
+            better = r < best_r
+            return (
+                i + 1,
+                jnp.where(better, cand, best),
+                jnp.where(better, r, best_r),
+                r,
+                accepted,
+            )
 
-        num_ls, cand, _, accepted = lax.while_loop(
-            ls_cond, ls_body, (jnp.array(0), y, norm0, jnp.array(False))
+        num_ls, best, best_r, _, accepted = lax.while_loop(
+            ls_cond, ls_body, (jnp.array(0), y, jnp.array(jnp.inf, y.dtype), norm0, jnp.array(False))
         )
-        # Already at the fixed point to rounding: nothing can decrease, nothing to flag.
-        at_floor = error < 1
-        new_y = jnp.where(accepted, cand, y)
-        failed = ~accepted & ~at_floor
+        # Globalisation: if no step length decreases the residual (far from the fixed point
+        # the Newton direction can be poor), take the plain step f(p). Persistent failure
+        # shows up as no new best residual for `patience` steps: a stall.
+        plain = to_simplex(fy)
+
+        def plain_residual():
+            return jnp.max(jnp.abs(f(plain) - plain))
+
+        del plain_residual
+        new_y = jnp.where(accepted, best, plain)
+        failed = ~accepted
         tracker = state.tracker.update(error)
-        # A failed line search is a stall at once (retrying the same step changes nothing).
-        tracker = StallTracker(
-            tracker.best, jnp.where(failed, max(self.patience, 1), tracker.since_best)
-        )
         new_state = _NewtonKrylovState(
             error,
             tracker,
@@ -138,7 +161,7 @@ NewtonKrylov.__init__.__doc__ = """**Arguments:**
 - `atol`: absolute tolerance (see `rtol`).
 - `norm`: the norm of that scaled residual, e.g. `optx.max_norm` (default).
 - `linear_solver`: the lineax solver for the Newton system (matrix-free; default GMRES with
-    restart 40, at most 20 restarts). Its failure is not fatal: the line search decides.
+    restart 50, at most 2 restarts: an inexact Newton step). Its failure is not fatal: the line search decides.
 - `max_backtracks`: halvings of the step before the line search gives up.
 - `patience`: steps without a new best residual after which the solve is declared stalled.
 """
