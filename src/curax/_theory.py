@@ -610,8 +610,9 @@ def check_non_collapse(
     *,
     eps: float = 0.5,
     p0: ArrayLike | None = None,
-    rounds: int = 2000,
+    rounds: int = 1000,
     atol: float = 1e-6,
+    max_chunks: int = 10,
 ) -> TheoremReport:
     """Lemma 3.5 (Falahati et al.): for `q in (kappa_1, 1 - kappa_2)` neither basin dies, and
     the limit mass of basin 1 lies in the leakage interval
@@ -627,8 +628,11 @@ def check_non_collapse(
     - `problem`: a two-reward [`curax.CurationProblem`][].
     - `eps`: basin tolerance. Keyword only argument.
     - `p0`: initial distribution. Keyword only argument.
-    - `rounds`: rounds of the dynamics. Keyword only argument.
-    - `atol`: slack on the interval for the finite number of rounds. Keyword only argument.
+    - `rounds`: rounds per chunk of the dynamics; chunks run until the basins hold all but
+        1e-10 of the mass and the growth certificate is below 1e-8 (at most `max_chunks`).
+        Keyword only argument.
+    - `atol`: slack on the interval. Keyword only argument.
+    - `max_chunks`: see `rounds`. Keyword only argument.
 
     **Returns:**
 
@@ -645,7 +649,7 @@ def check_non_collapse(
     b = basins(problem, eps)
     hypotheses, values, q = _two_reward_hypotheses(problem, b)
     p0 = _start(problem, p0)
-    _, p_end = _limit(problem, p0, rounds, settle=b.masks[0] | b.masks[1])
+    _, p_end = _limit(problem, p0, rounds, settle=b.masks[0] | b.masks[1], max_chunks=max_chunks)
     a = float(p_end[b.masks[0]].sum())
     a2 = float(p_end[b.masks[1]].sum())
     lo, hi = values["interval"]
@@ -673,8 +677,9 @@ def check_variance(
     *,
     eps: float = 0.5,
     p0: ArrayLike | None = None,
-    rounds: int = 2000,
+    rounds: int = 1000,
     rtol: float = 1e-6,
+    max_chunks: int = 10,
 ) -> TheoremReport:
     """Theorem 3.6 (Falahati et al.), variance preservation:
     `Var_{p_inf}[r_i] >= a_inf (1 - a_inf) max(Delta_i - 2 eps, 0)^2` for i = 1, 2.
@@ -682,7 +687,8 @@ def check_variance(
     Hypotheses as [`curax.theory.check_non_collapse`][] (two rewards, K = infinity, no
     reference data, `Delta_i > 2 eps`, q in the window). Rewards are the scaled `r_i / tau`.
     The prediction is evaluated at the measured `a_inf`, and also at the worst `a` of the
-    leakage interval (a bound that needs no dynamics).
+    leakage interval (a bound that needs no dynamics). `rounds`, `max_chunks`: as in
+    [`curax.theory.check_non_collapse`][]; `rtol`: relative slack on the bound.
 
     **Returns:**
 
@@ -691,7 +697,7 @@ def check_variance(
     b = basins(problem, eps)
     hypotheses, values, q = _two_reward_hypotheses(problem, b)
     p0 = _start(problem, p0)
-    _, p_end = _limit(problem, p0, rounds, settle=b.masks[0] | b.masks[1])
+    _, p_end = _limit(problem, p0, rounds, settle=b.masks[0] | b.masks[1], max_chunks=max_chunks)
     s = np.asarray(problem.scaled_rewards, np.float64)
     a = float(p_end[b.masks[0]].sum())
     var = p_end @ s.T**2 - (p_end @ s.T) ** 2
@@ -730,9 +736,10 @@ def check_nash_bargaining(
     *,
     eps: float = 0.0,
     p0: ArrayLike | None = None,
-    rounds: int = 2000,
+    rounds: int = 1000,
     flat_tol: float = 1e-9,
     hard_tol: float = 1e-3,
+    max_chunks: int = 10,
 ) -> TheoremReport:
     """Theorem 3.7 and Corollary 3.8 (Falahati et al.): on the mixture family
     `p_a = a P_1 + (1 - a) P_2` of the two basin distributions, with linear utilities
@@ -746,7 +753,7 @@ def check_nash_bargaining(
     most `flat_tol` on both basins) and *hard separation* (`kappa_i <= hard_tol`) for
     Corollary 3.8. Predicted: `a* = q` (checked by an independent numerical maximisation)
     and `|a_inf - q| <= max(q - a_lo, a_hi - q)`, `||p_inf - p_q||_1 <= 2 max(...) + ` outside
-    mass.
+    mass. `rounds`, `max_chunks`: as in [`curax.theory.check_non_collapse`][].
 
     **Returns:**
 
@@ -773,7 +780,7 @@ def check_nash_bargaining(
     hypotheses["flat_basins"] = spread_on_basins <= flat_tol
     hypotheses["hard_separation"] = bool(np.all(b.kappas <= hard_tol))
     a_star = _nash_on_mixture(q, g1, g2) if hypotheses["positive_gains"] else float("nan")
-    _, p_end = _limit(problem, p0, rounds, settle=b.masks[0] | b.masks[1])
+    _, p_end = _limit(problem, p0, rounds, settle=b.masks[0] | b.masks[1], max_chunks=max_chunks)
     a_inf = float(p_end[b.masks[0]].sum())
     lo, hi = values["interval"]
     slack = max(q - lo, hi - q)
@@ -873,11 +880,11 @@ def check_real_data_stability(
     hypotheses = {"real_data": has_ref, "reference_full_support": full, "contraction": lip < 1}
     starts = jr.dirichlet(key, jnp.ones((n,), dtype), (num_starts,)).astype(dtype)
     starts = jnp.concatenate([problem.uniform()[None], starts / starts.sum(1, keepdims=True)])
-    limits = np.asarray(jax.vmap(lambda p: trajectory(p, problem, rounds)[-1])(starts))
+    runs = np.asarray(jax.vmap(lambda p: trajectory(p, problem, rounds))(starts))
+    limits = runs[:, -1]
     spread = float(np.max(np.abs(limits[:, None] - limits[None]).sum(-1)))
     # Empirical contraction rate: geometric fit of the L1 step sizes from the uniform start.
-    ps = _run(problem, problem.uniform(), rounds)
-    steps = np.abs(np.diff(ps, axis=0)).sum(-1)
+    steps = np.abs(np.diff(runs[0], axis=0)).sum(-1)
     rate = _fit_rate(steps[: max(3, int(np.sum(steps > 1e-13)))], floor=1e-13)
     rate = 0.0 if not math.isfinite(rate) else rate
     consistent = spread <= atol and rate < 1
@@ -907,18 +914,25 @@ def check_real_data_stability(
 
 
 def stable_point(
-    problem: CurationProblem, p0: ArrayLike | None = None, *, rounds: int = 2000
+    problem: CurationProblem,
+    p0: ArrayLike | None = None,
+    *,
+    rounds: int = 1000,
+    max_chunks: int = 10,
+    gap_tol: float = 1e-8,
 ) -> tuple[Array, dict[str, Any]]:
     """The stable point of the dynamics reached from `p0` (default uniform), with a dict of
-    diagnostics (`method`, `fw_gap` = max growth factor - 1 at the point).
+    diagnostics (`method`, `fw_gap` = max growth factor - 1 at the point, `rounds`).
 
-    Runs the dynamics for `rounds` rounds from a full-support start (iteration only reaches
-    stable points).
+    Runs the dynamics in chunks of `rounds` rounds (at most `max_chunks`) until the growth
+    certificate `max G - 1` is below `gap_tol` (without reference data) — iteration from a
+    full-support start only reaches stable points, which a root finder does not guarantee.
     """
     p0 = _start(problem, p0)
-    p = trajectory(p0, problem, rounds)[-1]
-    gap = float(jnp.max(growth(p, problem)) - 1)
-    return p, {"method": f"trajectory({rounds})", "fw_gap": gap}
+    ps, p = _limit(problem, p0, rounds, gap_tol=gap_tol, max_chunks=max_chunks)
+    gap = float(jnp.max(growth(jnp.asarray(p), problem)) - 1)
+    used = len(ps) - 1
+    return jnp.asarray(p), {"method": f"dynamics ({used} rounds)", "fw_gap": gap, "rounds": used}
 
 
 def _fit_loglog(xs: np.ndarray, ys: np.ndarray, floor: float = 1e-13) -> float:
