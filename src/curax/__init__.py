@@ -48,6 +48,10 @@ from ._solver import (
     PlainIteration as PlainIteration,
     SQUAREM as SQUAREM,
 )
+from ._stability import (
+    stability as stability,
+    StabilityReport as StabilityReport,
+)
 
 # --- nash (issue 5) ---
 from ._nash import BargainingProblem as BargainingProblem, nash_solution as nash_solution
