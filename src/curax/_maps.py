@@ -45,10 +45,34 @@ def _support_max(s: Array, p: Array) -> Array:
     return lax.stop_gradient(jnp.max(jnp.where(p > 0, s, -jnp.inf), axis=-1, keepdims=True))
 
 
-def _tilt_growth(s: Float[Array, "r n"], p: Float[Array, " n"]) -> Float[Array, "r n"]:
-    """K -> infinity: G_i = w_i / E_p[w_i], with w_i shifted by the support maximum."""
-    w = jnp.exp(jnp.minimum(s - _support_max(s, p), _exp_cap(s.dtype)))
-    return w / (w @ p)[:, None]
+# Below this spread (nats) no weight exp(s - max s) underflows (float64; float32: 80), so the
+# K -> infinity map may shift by the row maximum, which depends on the rewards only: inside a
+# solver loop XLA hoists the exponentials out of the loop and each round costs two passes over
+# the weights.
+def _safe_spread(dtype: Any) -> float:
+    return 690.0 if jnp.finfo(dtype).bits == 64 else 80.0
+
+
+def _tilt_growth(
+    s: Float[Array, "r n"], p: Float[Array, " n"], spread: float | None
+) -> Float[Array, "r n"]:
+    """K -> infinity: G_i = w_i / E_p[w_i]."""
+
+    def row_shift():
+        w = jnp.exp(s - lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
+        return w / (w @ p)[:, None]
+
+    def support_shift():
+        # Rewards spanning > 690 nats: shift by the support's maximum so E_p[w] cannot
+        # underflow, and cap points far above it so w / E_p[w] stays finite.
+        w = jnp.exp(jnp.minimum(s - _support_max(s, p), _exp_cap(s.dtype)))
+        return w / (w @ p)[:, None]
+
+    safe = _safe_spread(s.dtype)
+    if spread is not None and spread <= safe:
+        return row_shift()
+    wide = jnp.any(jnp.max(s, axis=-1) - jnp.min(s, axis=-1) > safe)
+    return lax.cond(wide, support_shift, row_shift)
 
 
 def _blocks(x: Array, size: int) -> Array:
@@ -171,7 +195,7 @@ def reward_growths(p: Float[Array, " n"], problem: CurationProblem) -> Float[Arr
     order: list[int] = []
     if groups["inf"]:
         idx = groups["inf"]
-        rows.append(_tilt_growth(s[jnp.array(idx)], p))
+        rows.append(_tilt_growth(s[jnp.array(idx)], p, problem.spread))
         order += idx
     if groups["one"]:
         idx = groups["one"]
@@ -196,7 +220,10 @@ def _growth(p: Array, problem: CurationProblem) -> Array:
 
 @eqx.filter_jit
 def _curate(p: Array, problem: CurationProblem) -> Array:
-    p = prepare_distribution(p, problem)
+    return _curate_unchecked(prepare_distribution(p, problem), problem)
+
+
+def _curate_unchecked(p: Array, problem: CurationProblem) -> Array:
     # Zero-mass points stay exactly zero, even where their growth factor is huge.
     curated = jnp.where(p > 0, p * (problem.weights @ reward_growths(p, problem)), 0.0)
     if problem.reference is None:
@@ -329,7 +356,9 @@ def trajectory(
     p0 = prepare_distribution(p0, problem)
 
     def body(p, _):
-        p_next = _curate(p, problem)
+        # Rounds after the first need no validation: the map keeps p on the simplex. The
+        # finite-K map needs p renormalised (design notes, section 7).
+        p_next = _curate_unchecked(p / jnp.sum(p), problem)
         return p_next, p_next
 
     _, ps = lax.scan(body, p0, None, length=rounds)

@@ -145,6 +145,8 @@ class CurationProblem(eqx.Module):
         `reference_weight = 1 / (1 + lambda)`; see [`curax.reference_weight_from_ratio`][].
     - `quadrature_nodes`: static int, nodes Q of the exact finite-K map
         (see [`curax.nodes_for_spread`][]); 0 when every reward has K = infinity.
+    - `spread`: static float or `None`, the largest per-row spread (max - min) of the scaled
+        rewards, recorded when the rewards are concrete at construction.
 
     !!! Example
 
@@ -166,6 +168,7 @@ class CurationProblem(eqx.Module):
     reference_weight: Float[Array, ""]
     k: int | None | tuple[int | None, ...] = eqx.field(static=True)
     quadrature_nodes: int = eqx.field(static=True)
+    spread: float | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -246,14 +249,18 @@ class CurationProblem(eqx.Module):
 
         k = _normalise_k(k, m)
         ks = k if isinstance(k, tuple) else (k,) * m
+        finite = [i for i, kk in enumerate(ks) if kk is not None and kk > 1]
+        # The largest per-row spread of the scaled rewards, when known at construction: it
+        # sizes the quadrature and lets the K -> infinity map skip its underflow guard.
+        spreads = None
+        if is_concrete(rewards, temperature):
+            scaled = np.asarray(rewards / (temperature[:, None] if temperature.ndim else temperature))
+            spreads = np.ptp(scaled, axis=1)
         if quadrature_nodes is None:
-            finite = [i for i, kk in enumerate(ks) if kk is not None and kk > 1]
             if not finite:
                 quadrature_nodes = 0
-            elif is_concrete(rewards, temperature):
-                s = np.asarray(rewards / (temperature[:, None] if temperature.ndim else temperature))
-                spread = float(np.max(np.ptp(s[finite], axis=1)))
-                quadrature_nodes = nodes_for_spread(spread)
+            elif spreads is not None:
+                quadrature_nodes = nodes_for_spread(float(np.max(spreads[finite])))
             else:
                 quadrature_nodes = nodes_for_spread(DEFAULT_SPREAD)
         elif not isinstance(quadrature_nodes, int) or quadrature_nodes < 2:
@@ -266,6 +273,7 @@ class CurationProblem(eqx.Module):
         self.reference_weight = reference_weight
         self.k = k
         self.quadrature_nodes = quadrature_nodes
+        self.spread = None if spreads is None else float(np.max(spreads))
 
     @property
     def num_rewards(self) -> int:
