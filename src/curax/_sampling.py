@@ -112,7 +112,7 @@ def simulate_histogram(
     rounds: int,
     num_samples: int,
     p0: Float[Array, " n"] | None = None,
-) -> Float[Array, "rounds+1 n"]:
+) -> Float[Array, "T n"]:
     """Finite-sample retraining with a histogram model on the support for `rounds` rounds.
 
     **Arguments:**
@@ -125,7 +125,7 @@ def simulate_histogram(
 
     **Returns:**
 
-    `Float[Array, "rounds+1 n"]`, the model after each round (row 0 is `p0`).
+    `Float[Array, "T n"]`, the model after each round (row 0 is `p0`).
 
     !!! Example
 
@@ -254,7 +254,7 @@ class GaussianMixture(eqx.Module):
         comp = -0.5 * jnp.sum(z**2, -1) - jnp.sum(ls, -1)[None] - 0.5 * d * math.log(2 * math.pi)
         return jax.nn.logsumexp(comp + jax.nn.log_softmax(self.logits)[None], axis=-1)
 
-    def sample(self, key: PRNGKeyArray, num: int) -> Float[Array, "{num} d"]:
+    def sample(self, key: PRNGKeyArray, num: int) -> Float[Array, "num d"]:
         """`num` samples."""
         k_c, k_z = jr.split(key)
         c = jr.categorical(k_c, self.logits, shape=(num,))
@@ -297,7 +297,10 @@ def fit_mixture(
         m = eqx.tree_at(lambda mm: mm.log_scales, m, jnp.maximum(m.log_scales, _MIN_LOG_SCALE))
         return (m, state), None
 
-    (model, _), _ = lax.scan(step, (model, opt.init(model)), None, length=steps)
+    # optax's Adam raises its int32 step count to float powers (bias correction), which the
+    # strict dtype-promotion mode refuses; the mixing is intended.
+    with jax.numpy_dtype_promotion("standard"):
+        (model, _), _ = lax.scan(step, (model, opt.init(model)), None, length=steps)
     return model
 
 
@@ -307,13 +310,13 @@ def simulate_mixture(
     model: GaussianMixture,
     reward_fn: Callable[[Array], Array],
     weights: ArrayLike,
-    k: int,
+    k: int | None,
     rounds: int,
     num_samples: int,
     *,
     fit_steps: int = 200,
     learning_rate: float = 0.05,
-) -> tuple[GaussianMixture, Float[Array, "rounds+1 N d"]]:
+) -> tuple[GaussianMixture, Float[Array, "T N d"]]:
     """Finite-sample retraining of a Gaussian mixture on R^d: each round draws
     `num_samples * k` candidates from the model, keeps one per group of `k` by Bradley-Terry
     choice under a reward row drawn with probabilities `weights`, and refits by maximum
@@ -336,7 +339,7 @@ def simulate_mixture(
     `rounds + 1` (index 0 is the initial model), and the kept samples of each round
     (`samples[0]` are draws from the initial model).
     """
-    _finite_ks((k,), "k")
+    (k,) = _finite_ks((k,), "k")
     weights = jnp.asarray(weights, model.means.dtype)
     ks = jnp.array([k] * weights.shape[0])
 
