@@ -1,0 +1,465 @@
+"""Exact certified weighted-Nash solve over the simplex: multilevel, fully corrective column
+generation with a primal-dual interior-point restricted master (design notes, section 6).
+
+The problem is `max_q sum_i alpha_i log (E q)_i` over the simplex, `E >= 0` of shape (m, n).
+Because `sum alpha = 1`, it is equivalent to `max_{q >= 0} sum_i alpha_i log (E q)_i - sum q`
+(the optimum has `sum q = 1`), whose KKT conditions are `g = E^T (alpha / E q) <= 1` with
+equality on the support. `max g - 1` is the Frank-Wolfe gap, an upper bound on `Phi* - Phi`.
+"""
+
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+
+# Tile width of the two-stage "top tiles, then argmax inside a tile" candidate search: a global
+# top_k over n is a full sort on CPU.
+_TILE = 256
+# A coarser level (stride 8 per grid dimension) is built while it keeps this many points.
+_MIN_COARSE_POINTS = 2000
+_STRIDE = 8
+# Gap at which a coarse level hands its support to the next finer level, and the most passes
+# a coarse level may take (its passes are cheap: 1/8 or 1/64 of a fine read).
+_COARSE_TOL = 1e-9
+_COARSE_PASSES = 4
+
+
+def _stencil_offsets(ndim: int) -> list[tuple[int, ...]]:
+    # Without the stencil the method creeps towards each peak one near-duplicate neighbouring
+    # column per pass (design notes, section 6, item 4).
+    steps = (1, 2, 4, 8)
+    if ndim == 0:
+        return [()]
+    if ndim == 1:
+        return [(0,)] + [(s * d,) for s in steps for d in (-1, 1)]
+    dirs = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)]
+    return [(0, 0)] + [(s * a, s * b) for s in steps for (a, b) in dirs]
+
+
+def _safe_ratio(alpha: Array, u: Array) -> Array:
+    # A reward with zero weight drops out even where its utility is 0 (0 / 0 would be NaN).
+    ok = alpha > 0
+    return jnp.where(ok, alpha / jnp.where(ok & (u > 0), u, 1.0), 0.0)
+
+
+# ------------------------------------------------------------------------------------------
+# Restricted master: primal-dual interior point (Mehrotra predictor-corrector).
+# ------------------------------------------------------------------------------------------
+
+
+def solve_master(
+    a: Float[Array, "m k"],
+    alpha: Float[Array, " m"],
+    valid: Bool[Array, " k"],
+    *,
+    max_iters: int = 60,
+    tol: float = 1e-14,
+    direct: bool = True,
+) -> tuple[Float[Array, " k"], Int[Array, ""]]:
+    """Maximise `sum_i alpha_i log (a q)_i` over `q` in the simplex on the valid columns.
+
+    Primal-feasible, primal-dual interior point (Mehrotra predictor-corrector): `q` stays
+    in the open simplex, so every utility stays bounded and positive. KKT:
+    `g - lam + z = 0`, `q z = mu`, `1^T q = 1`, with `g = a^T (alpha / a q)`. Newton systems
+    `(D + C^T C) dq + dlam 1 = b`, `1^T dq = 0`, with `D = z / q` (k diagonal) and
+    `C = diag(sqrt(alpha) / u) a` (m x k), are solved through Woodbury with one m x m Cholesky
+    factorisation: O(k m^2) per step. Returns `(q, iterations)`.
+    """
+    m, k = a.shape
+    dtype = a.dtype
+    # A reward whose row is zero on every valid column cannot be served by this master (its
+    # utility would be 0): it is left out here; the caller's anchors rule this out on the
+    # finest level.
+    reachable = jnp.max(jnp.where(valid[None, :], a, 0.0), axis=1) > 0
+    alpha = jnp.where(reachable, alpha, 0.0)
+    alpha = alpha / jnp.maximum(jnp.sum(alpha), jnp.finfo(dtype).tiny)
+    a = jnp.where(valid[None, :], a, 0.0)
+    nv = jnp.maximum(jnp.sum(valid), 1).astype(dtype)
+    sqrt_alpha = jnp.sqrt(alpha)
+    eye = jnp.eye(m, dtype=dtype)
+
+    def grad(q):
+        u = a @ q
+        return u, _safe_ratio(alpha, u) @ a
+
+    q0 = jnp.where(valid, 1.0 / nv, 0.0)
+    _, g0 = grad(q0)
+    lam0 = jnp.max(jnp.where(valid, g0, 0.0)) + 1.0
+    # Dual-feasible start: z = lam - g >= 1.
+    z0 = jnp.where(valid, lam0 - g0, 0.0)
+
+    def residuals(q, z, lam):
+        u, g = grad(q)
+        rd = jnp.where(valid, g - lam + z, 0.0)
+        mu = jnp.sum(q * z) / nv
+        return u, rd, mu
+
+    def newton(q, z, u, rd, rc):
+        qs = jnp.where(valid, q, 1.0)
+        zs = jnp.where(valid, z, 1.0)
+        d = zs / qs
+        c = (jnp.where(u > 0, sqrt_alpha / jnp.where(u > 0, u, 1.0), 0.0))[:, None] * a
+        if direct:
+            mat = jnp.diag(d) + c.T @ c
+            chol = jnp.linalg.cholesky(mat)
+
+            def msolve(v):
+                return jnp.where(valid, jax.scipy.linalg.cho_solve((chol, True), v), 0.0)
+        else:
+            cd = c / d[None, :]
+            chol = jnp.linalg.cholesky(eye + cd @ c.T)
+
+            def msolve(v):
+                y = jax.scipy.linalg.cho_solve((chol, True), cd @ v)
+                return jnp.where(valid, (v - c.T @ y) / d, 0.0)
+
+        b = jnp.where(valid, rd - rc / qs, 0.0)
+        x_b = msolve(b)
+        x_1 = msolve(valid.astype(dtype))
+        dlam = jnp.sum(x_b) / jnp.sum(x_1)
+        dq = x_b - dlam * x_1
+        dz = jnp.where(valid, (-rc - z * dq) / qs, 0.0)
+        return dq, dz, dlam
+
+    def max_step(x, dx):
+        ratio = jnp.where(valid & (dx < 0), -x / jnp.where(dx < 0, dx, -1.0), jnp.inf)
+        return jnp.minimum(1.0, jnp.min(ratio))
+
+    def restricted_gap(q):
+        # On the simplex q.g = 1 exactly, so max_S g - 1 >= 0 certifies the restricted
+        # problem (its Frank-Wolfe gap): the merit that picks the returned iterate.
+        _, g = grad(q)
+        return jnp.max(jnp.where(valid, g, -jnp.inf)) - 1
+
+    def cond(carry):
+        it, done = carry[-2:]
+        return (it < max_iters) & ~done
+
+    def body(carry):
+        q, z, lam, best_q, best_gap, it, _ = carry
+        u, rd, mu = residuals(q, z, lam)
+        # Predictor (affine scaling).
+        dq_a, dz_a, _ = newton(q, z, u, rd, q * z)
+        s_a = jnp.minimum(max_step(q, dq_a), max_step(z, dz_a))
+        mu_a = jnp.sum((q + s_a * dq_a) * (z + s_a * dz_a)) / nv
+        sigma = jnp.clip((mu_a / mu) ** 3, 0.0, 1.0)
+        # Corrector.
+        rc = q * z + dq_a * dz_a - sigma * mu
+        dq, dz, dlam = newton(q, z, u, rd, rc)
+        frac = jnp.maximum(0.99, 1.0 - mu)
+        s = frac * jnp.minimum(max_step(q, dq), max_step(z, dz))
+        q_new = jnp.where(valid, jnp.maximum(q + s * dq, 0.0), 0.0)
+        q_new = q_new / jnp.sum(q_new)
+        z_new = jnp.where(valid, jnp.maximum(z + s * dz, 0.0), 0.0)
+        lam_new = lam + s * dlam
+        bad = ~(jnp.all(jnp.isfinite(q_new)) & jnp.all(jnp.isfinite(z_new)))
+        gap_new = jnp.where(bad, jnp.inf, restricted_gap(q_new))
+        # Once certified, later iterates are preferred: they carry less interior-point mass
+        # (~mu / z) on the columns that the optimum does not use.
+        better = gap_new <= jnp.maximum(best_gap, tol)
+        best_q = jnp.where(better, q_new, best_q)
+        best_gap = jnp.where(better, gap_new, best_gap)
+        mu_new = jnp.sum(q_new * z_new) / nv
+        # Past mu ~ 1e-30 the Newton systems are numerically meaningless (z / q spans 60
+        # orders of magnitude); the best iterate so far is kept.
+        done = ((best_gap <= tol) & (mu_new <= 1e-22)) | bad | (mu_new < 1e-30)
+        return q_new, z_new, lam_new, best_q, best_gap, it + 1, done
+
+    gap0 = restricted_gap(q0)
+    init = (q0, z0, lam0, q0, gap0, jnp.array(0), gap0 <= tol)
+    _, _, _, q, _, iters, _ = lax.while_loop(cond, body, init)
+    return q, iters
+
+
+# ------------------------------------------------------------------------------------------
+# Pricing: local maxima of g on the grid, the largest few via tile maxima.
+# ------------------------------------------------------------------------------------------
+
+
+def _local_maxima(g: Array, shape: tuple[int, ...]) -> Array:
+    """Mask of grid points whose g is >= every neighbour's (column order when `shape` is
+    `(n,)`; the 8-neighbourhood in 2-D)."""
+    x = g.reshape(shape)
+    ok = jnp.ones(shape, bool)
+    nd = len(shape)
+    neighbours = [(d,) for d in (-1, 1)] if nd == 1 else [
+        (a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)
+    ]
+    padded = jnp.pad(x, 1, constant_values=-jnp.inf)
+    for off in neighbours:
+        sl = tuple(slice(1 + o, 1 + o + s) for o, s in zip(off, shape))
+        ok = ok & (x >= padded[sl])
+    return ok.reshape(-1)
+
+
+def _top_candidates(score: Array, count: int) -> tuple[Array, Array]:
+    """Indices of up to `count` large entries of `score` (at most one per tile of 256), and
+    whether each is a real candidate (score > -inf)."""
+    n = score.shape[0]
+    tile = min(_TILE, n)
+    nt = -(-n // tile)
+    padded = jnp.pad(score, (0, nt * tile - n), constant_values=-jnp.inf).reshape(nt, tile)
+    tmax = jnp.max(padded, axis=1)
+    targ = jnp.argmax(padded, axis=1)
+    if nt < count:
+        tmax = jnp.pad(tmax, (0, count - nt), constant_values=-jnp.inf)
+        targ = jnp.pad(targ, (0, count - nt))
+    vals, tiles = lax.top_k(tmax, count)
+    tiles = tiles.astype(targ.dtype)
+    idx = jnp.minimum(tiles * tile + targ[tiles], n - 1)
+    return idx, vals > -jnp.inf
+
+
+def _apply_stencil(idx: Array, ok: Array, shape: tuple[int, ...], stencil: bool) -> tuple[
+    Array, Array
+]:
+    offsets = _stencil_offsets(len(shape) if stencil else 0)
+    if len(offsets) == 1:
+        return idx, ok
+    coords = jnp.unravel_index(idx, shape)
+    out = []
+    for off in offsets:
+        c = [jnp.clip(ci + o, 0, s - 1) for ci, o, s in zip(coords, off, shape)]
+        out.append(jnp.ravel_multi_index(tuple(c), shape, mode="clip"))
+    new = jnp.stack(out, axis=1).reshape(-1)
+    return new, jnp.repeat(ok, len(offsets))
+
+
+def _dedup(idx: Array, ok: Array) -> Array:
+    """Mark repeated indices (and invalid slots) as not ok; keeps the first occurrence."""
+    big = jnp.iinfo(idx.dtype).max
+    key = jnp.where(ok, idx, big)
+    order = jnp.argsort(key, stable=True)
+    sk = key[order]
+    first = jnp.concatenate([jnp.array([True]), sk[1:] != sk[:-1]])
+    keep_sorted = first & (sk != big)
+    return jnp.zeros_like(ok).at[order].set(keep_sorted)
+
+
+# ------------------------------------------------------------------------------------------
+# Column generation on one level.
+# ------------------------------------------------------------------------------------------
+
+
+class _LevelState(eqx.Module):
+    idx: Int[Array, " k"]
+    q: Float[Array, " k"]
+    u: Float[Array, " m"]
+    gap: Float[Array, ""]
+    passes: Int[Array, ""]
+    master_iters: Int[Array, ""]
+
+
+def _column_generation(
+    e: Float[Array, "m n"],
+    alpha: Float[Array, " m"],
+    shape: tuple[int, ...],
+    init_idx: Int[Array, " s"],
+    init_ok: Bool[Array, " s"],
+    *,
+    keep: int,
+    candidates: int,
+    stencil: bool,
+    tol: float,
+    max_passes: int,
+    first_pass_alpha: bool,
+) -> _LevelState:
+    """Fully corrective column generation on one level. Slot layout: `keep` slots for the
+    current support (smallest weights evicted), then `candidates * stencil` new columns."""
+    m, n = e.shape
+    dtype = e.dtype
+    nstencil = len(_stencil_offsets(len(shape) if stencil else 0))
+    k = keep + candidates * nstencil
+
+    # Initial support slots (anchors / coarse support), padded to `keep` slots; if there are
+    # more than `keep` of them they go into the candidate region instead.
+    s0 = init_idx.shape[0]
+    idx0 = jnp.zeros((k,), init_idx.dtype).at[: min(s0, k)].set(init_idx[:k])
+    ok0 = jnp.zeros((k,), bool).at[: min(s0, k)].set(init_ok[:k])
+
+    def price(g, first):
+        thresh = jnp.where(first, -jnp.inf, 1.0)
+        score = jnp.where(_local_maxima(g, shape) & (g > thresh), g, -jnp.inf)
+        cidx, cok = _top_candidates(score, candidates)
+        return _apply_stencil(cidx, cok, shape, stencil)
+
+    def master(idx, ok):
+        ok = _dedup(idx, ok)
+        a = e[:, idx]
+        q, iters = solve_master(a, alpha, ok)
+        q = jnp.where(ok, q, 0.0)
+        # Drop columns the master gave ~no weight (1e-15 of the largest).
+        q = jnp.where(q > 1e-15 * jnp.max(q), q, 0.0)
+        q = q / jnp.sum(q)
+        # Compact: largest weights first, so the support fits in the `keep` slots.
+        order = jnp.argsort(-q)
+        idx, q = idx[order], q[order]
+        return idx, q, e[:, idx] @ q, iters
+
+    def g_of(u, first):
+        w = jnp.where(first, alpha, _safe_ratio(alpha, u))
+        return w @ e
+
+    # Pass structure: g at the current iterate (one read of E), certify, else price + master.
+    def cond(st: _LevelState):
+        return (st.gap > tol) & (st.passes < max_passes)
+
+    def body(st: _LevelState):
+        first = (st.passes == 0) & first_pass_alpha
+        g = g_of(st.u, first)
+        gap = jnp.where(first, jnp.inf, jnp.max(g) - 1)
+
+        def improve(_):
+            new_idx, new_ok = price(g, first)
+            support_ok = st.q[:keep] > 0
+            idx = jnp.concatenate([st.idx[:keep], new_idx])
+            okk = jnp.concatenate([support_ok, new_ok])
+            idx, q, u, iters = master(idx, okk)
+            return idx, q, u, iters
+
+        def stop(_):
+            return st.idx, st.q, st.u, jnp.array(0)
+
+        idx, q, u, iters = lax.cond(gap > tol, improve, stop, None)
+        return _LevelState(idx, q, u, gap, st.passes + 1, st.master_iters + iters)
+
+    # Start: a master on the initial columns (no pass over E needed).
+    idx_i, q_i, u_i, it_i = master(idx0, ok0)
+    any_init = jnp.any(ok0)
+    q_i = jnp.where(any_init, q_i, 0.0)
+    u_i = jnp.where(any_init, u_i, jnp.ones((m,), dtype))
+    st = _LevelState(idx_i, q_i, u_i, jnp.array(jnp.inf, dtype), jnp.array(0), it_i)
+    st = lax.while_loop(cond, body, st)
+    # Out of passes: the stored gap belongs to the previous iterate; one more read makes the
+    # reported gap that of the returned one.
+    final_gap = lax.cond(
+        st.gap > tol, lambda: jnp.max(g_of(st.u, jnp.array(False))) - 1, lambda: st.gap
+    )
+    passes = st.passes + (st.gap > tol).astype(st.passes.dtype)
+    return eqx.tree_at(lambda s: (s.gap, s.passes), st, (final_gap, passes))
+
+
+# ------------------------------------------------------------------------------------------
+# Multilevel driver.
+# ------------------------------------------------------------------------------------------
+
+
+def _levels(shape: tuple[int, ...], multilevel: bool) -> list[tuple[int, ...]]:
+    shapes = [shape]
+    if not multilevel:
+        return shapes
+    while True:
+        nxt = tuple(-(-s // _STRIDE) for s in shapes[-1])
+        if math.prod(nxt) < _MIN_COARSE_POINTS or nxt == shapes[-1]:
+            return shapes
+        shapes.append(nxt)
+
+
+def _coarsen(e: Array, shape: tuple[int, ...]) -> Array:
+    m = e.shape[0]
+    x = e.reshape((m,) + shape)
+    sl = (slice(None),) + tuple(slice(None, None, _STRIDE) for _ in shape)
+    return x[sl].reshape(m, -1)
+
+
+def _refine_index(idx: Array, coarse: tuple[int, ...], fine: tuple[int, ...]) -> Array:
+    coords = jnp.unravel_index(idx, coarse)
+    return jnp.ravel_multi_index(
+        tuple(c * _STRIDE for c in coords), fine, mode="clip"
+    )
+
+
+class NashResult(eqx.Module):
+    p: Float[Array, " n"]
+    u: Float[Array, " m"]
+    gap: Float[Array, ""]
+    support: Int[Array, " k"]
+    weights: Float[Array, " k"]
+    passes: Float[Array, ""]
+    fine_passes: Int[Array, ""]
+    master_iters: Int[Array, ""]
+    num_slots: int = eqx.field(static=True)
+
+
+def solve_nash(
+    e: Float[Array, "m n"],
+    alpha: Float[Array, " m"],
+    anchors: Int[Array, " m"],
+    *,
+    grid_shape: tuple[int, ...] | None,
+    tol: float,
+    max_passes: int,
+    multilevel: bool = True,
+    candidates: int | None = None,
+    keep: int | None = None,
+) -> NashResult:
+    """Multilevel column generation (levels only with grid geometry). `anchors` are one column
+    per reward where that reward's utility is largest (so no utility is ever 0)."""
+    m, n = e.shape
+    geometric = grid_shape is not None
+    shape: tuple[int, ...] = tuple(grid_shape) if geometric else (n,)  # pyright: ignore
+    if math.prod(shape) != n:
+        raise ValueError(f"`grid_shape` {grid_shape} does not match the support size n={n}.")
+    if candidates is None:
+        candidates = max(2, 2 * m)
+    if keep is None:
+        keep = 2 * m + 4
+    shapes = _levels(shape, multilevel and geometric)
+    mats = [e]
+    for s in shapes[1:]:
+        mats.append(_coarsen(mats[-1], shapes[len(mats) - 1]))
+
+    # Coarsest level: start from the anchors mapped down.
+    def down(idx: Array, level: int) -> Array:
+        coords = jnp.unravel_index(idx, shape)
+        factor = _STRIDE**level
+        return jnp.ravel_multi_index(
+            tuple(c // factor for c in coords), shapes[level], mode="clip"
+        )
+
+    passes = jnp.array(0.0, e.dtype)
+    top = len(shapes) - 1
+    init_idx = down(anchors, top)
+    init_ok = alpha > 0
+    st: Any = None
+    for level in range(top, -1, -1):
+        finest = level == 0
+        st = _column_generation(
+            mats[level],
+            alpha,
+            shapes[level],
+            init_idx,
+            init_ok,
+            keep=keep,
+            candidates=candidates,
+            stencil=geometric,
+            tol=tol if finest else _COARSE_TOL,
+            max_passes=max_passes if finest else _COARSE_PASSES,
+            first_pass_alpha=False,
+        )
+        passes = passes + st.passes.astype(e.dtype) * (math.prod(shapes[level]) / n)
+        if not finest:
+            sup = st.q[:keep] > 0
+            init_idx = _refine_index(st.idx[:keep], shapes[level], shapes[level - 1])
+            init_ok = sup
+            if level - 1 == 0:
+                # The finest level also gets the anchors, so every utility stays positive.
+                init_idx = jnp.concatenate([init_idx, anchors])
+                init_ok = jnp.concatenate([init_ok, alpha > 0])
+    p = jnp.zeros((n,), e.dtype).at[st.idx].add(st.q)
+    return NashResult(
+        p=p,
+        u=st.u,
+        gap=st.gap,
+        support=st.idx[:keep],
+        weights=st.q[:keep],
+        passes=passes,
+        fine_passes=st.passes,
+        master_iters=st.master_iters,
+        num_slots=keep,
+    )

@@ -1,0 +1,263 @@
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import curax
+
+
+def _random_rewards(seed, m, n, scale=2.0):
+    rng = np.random.default_rng(seed)
+    r = rng.normal(size=(m, n)) * scale
+    a = rng.dirichlet(np.ones(m))
+    return jnp.asarray(r), jnp.asarray(a)
+
+
+def _true_gap(p, e, a):
+    """FW gap max_x sum_i a_i e_i(x) / (e p)_i - 1, in numpy (independent of curax)."""
+    e = np.asarray(e)
+    u = e @ np.asarray(p)
+    return float(((np.asarray(a) / u) @ e).max() - 1)
+
+
+def _smooth_rewards(seed, m, n):
+    rng = np.random.default_rng(seed)
+    x = np.linspace(-3, 3, n)
+    c = rng.uniform(-2.5, 2.5, m)
+    k = rng.uniform(0.5, 4, m)
+    r = -k[:, None] * (x[None] - c[:, None]) ** 2
+    return jnp.asarray(r), jnp.asarray(rng.dirichlet(np.ones(m)))
+
+
+# ------------------------------------------------------------------------------------------
+# nash_solution: certificate and agreement with independent methods.
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_certificate_and_dynamics(seed):
+    m = 3
+    r, a = _random_rewards(seed, m, 40)
+    problem = curax.CurationProblem(r, a)
+    sol = curax.nash_solution(problem)
+    p = sol.value
+    assert sol.result == curax.RESULTS.successful
+    # Independent recomputation of the certificate (numpy) and through the map's growth.
+    e = np.exp(np.asarray(r) - np.asarray(r).max(axis=1, keepdims=True))
+    assert _true_gap(p, e, a) <= 1e-10
+    assert float(curax.fw_gap(p, problem)) <= 1e-10
+    assert abs(float(sol.stats["fw_gap"]) - _true_gap(p, e, a)) <= 1e-13
+    assert float(sol.stats["objective"]) == pytest.approx(float(curax.potential(p, problem)), abs=1e-13)
+    # The dynamics (K = infinity, full-support start) converge to the same stable point.
+    ps = curax.trajectory(problem.uniform(), problem, 20000)
+    assert float(curax.fw_gap(ps[-1], problem)) <= 1e-9
+    assert abs(float(curax.potential(ps[-1], problem) - sol.stats["objective"])) <= 1e-8
+    np.testing.assert_allclose(e @ np.asarray(ps[-1]), sol.stats["u"], atol=1e-8)
+    # Support size <= m generically (Caratheodory).
+    assert int(jnp.sum(p > 0)) <= m
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_cvxpy_clarabel(seed):
+    cp = pytest.importorskip("cvxpy")
+    r, a = _random_rewards(seed, 3, 40)
+    bp = curax.BargainingProblem.from_rewards(r, a)
+    sol = curax.nash_solution(bp)
+    e = np.asarray(bp.utilities)
+    an = np.asarray(a)
+    x = cp.Variable(e.shape[1])
+    prob = cp.Problem(cp.Maximize(an @ cp.log(e @ x)), [x >= 0, cp.sum(x) == 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    xc = np.clip(x.value, 0, None)
+    xc /= xc.sum()
+    phi_cvx = float(an @ np.log(e @ xc))
+    phi = float(sol.stats["objective"] - an @ np.asarray(bp.log_scale))
+    # Certified: Phi* - Phi(p) <= gap, so CVXPY's point can be better by at most the gap.
+    assert phi_cvx <= phi + float(sol.stats["fw_gap"]) + 1e-15
+    assert abs(phi - phi_cvx) <= 1e-8
+    # u agrees only to ~sqrt(CVXPY's objective error ~1e-10) because CVXPY stops early.
+    np.testing.assert_allclose(e @ xc, sol.stats["u"], atol=1e-4)
+
+
+@pytest.mark.parametrize("grid", [None, "1d"])
+def test_grid_levels_agree(grid):
+    # n = 20,000 > 2,000 * 8: the 1-D grid path uses two levels.
+    n, m = 20000, 4
+    r, a = _smooth_rewards(3, m, n)
+    bp = curax.BargainingProblem.from_rewards(r, a)
+    sol = curax.nash_solution(bp, grid_shape=None if grid is None else (n,))
+    assert sol.result == curax.RESULTS.successful
+    assert _true_gap(sol.value, bp.utilities, a) <= 1e-12
+    ref = curax.nash_solution(bp, grid_shape=None)
+    assert abs(float(sol.stats["objective"] - ref.stats["objective"])) <= 1e-12
+
+
+def test_grid_2d():
+    pts = curax.grid_2d(-2.0, 2.0, (50, 60))
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(-1.5, 1.5, (3, 2))
+    # (curax.quadratic_reward broadcasts (n, 2) - (2,), which rank_promotion="raise" refuses.)
+    r = jnp.stack([-2.0 * jnp.sum((pts - c[None, :]) ** 2, axis=1) for c in jnp.asarray(centres)])
+    a = jnp.asarray(rng.dirichlet(np.ones(3)))
+    bp = curax.BargainingProblem.from_rewards(r, a)
+    sol = curax.nash_solution(bp, grid_shape=(50, 60))
+    assert sol.result == curax.RESULTS.successful
+    assert _true_gap(sol.value, bp.utilities, a) <= 1e-12
+    ref = curax.nash_solution(bp)
+    assert abs(float(sol.stats["objective"] - ref.stats["objective"])) <= 1e-12
+
+
+def test_jit_and_vmap():
+    rs, as_ = zip(*[_random_rewards(s, 3, 40) for s in range(4)])
+    problems = [curax.BargainingProblem.from_rewards(r, a) for r, a in zip(rs, as_)]
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *problems)
+    sols = eqx.filter_vmap(lambda bp: curax.nash_solution(bp, throw=False))(stacked)
+    assert bool(jnp.all(sols.result == curax.RESULTS.successful))
+    for i, bp in enumerate(problems):
+        one = jax.jit(lambda b: curax.nash_solution(b))(bp)
+        assert abs(float(sols.stats["objective"][i] - one.stats["objective"])) <= 1e-13
+        assert _true_gap(sols.value[i], bp.utilities, bp.weights) <= 1e-10
+
+
+def test_finite_k_says_limit():
+    r, a = _random_rewards(0, 2, 20)
+    sol = curax.nash_solution(curax.CurationProblem(r, a, k=4))
+    assert bool(sol.stats["infinite_k_limit"])
+    sol_inf = curax.nash_solution(curax.CurationProblem(r, a))
+    assert not bool(sol_inf.stats["infinite_k_limit"])
+    assert float(sol.stats["objective"]) == float(sol_inf.stats["objective"])
+
+
+def test_huge_reward_spread():
+    # Rewards spanning ~1,000 nats: the normalised matrix underflows to 0 in places.
+    x = np.linspace(-1, 1, 301)
+    r = jnp.asarray(np.stack([-1000 * (x - 0.5) ** 2, -1000 * (x + 0.5) ** 2]))
+    problem = curax.CurationProblem(r, jnp.array([0.3, 0.7]))
+    sol = curax.nash_solution(problem, grid_shape=(301,))
+    assert sol.result == curax.RESULTS.successful
+    assert np.all(np.isfinite(sol.value))
+    # Separated peaks: the Nash solution puts weight alpha on each reward's maximiser.
+    np.testing.assert_allclose(sol.value[jnp.argmax(r, axis=1)], [0.3, 0.7], atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# Degenerate inputs.
+# ------------------------------------------------------------------------------------------
+
+
+def test_duplicate_columns():
+    r, a = _random_rewards(1, 3, 20)
+    r2 = jnp.concatenate([r, r], axis=1)  # every column twice
+    s1 = curax.nash_solution(curax.BargainingProblem.from_rewards(r, a))
+    s2 = curax.nash_solution(curax.BargainingProblem.from_rewards(r2, a))
+    assert abs(float(s1.stats["objective"] - s2.stats["objective"])) <= 1e-13
+    np.testing.assert_allclose(s1.stats["u"], s2.stats["u"], atol=1e-7)
+    folded = s2.value[:20] + s2.value[20:]
+    e = np.exp(np.asarray(r) - np.asarray(r).max(axis=1, keepdims=True))
+    assert _true_gap(folded, e, a) <= 1e-10
+
+
+def test_constant_reward_row():
+    r, a = _random_rewards(2, 3, 25)
+    r_const = r.at[1].set(1.7)
+    sol = curax.nash_solution(curax.BargainingProblem.from_rewards(r_const, a))
+    # A constant utility is the same for every p: the other two bargain with weights
+    # renormalised.
+    a2 = jnp.array([a[0], a[2]]) / (a[0] + a[2])
+    ref = curax.nash_solution(curax.BargainingProblem.from_rewards(r[jnp.array([0, 2])], a2))
+    np.testing.assert_allclose(sol.stats["u"][jnp.array([0, 2])], ref.stats["u"], atol=1e-7)
+    assert sol.result == curax.RESULTS.successful
+
+
+def test_zero_weight_drops_out():
+    r, a = _random_rewards(4, 3, 25)
+    a0 = jnp.array([0.4, 0.0, 0.6])
+    sol = curax.nash_solution(curax.BargainingProblem.from_rewards(r, a0))
+    ref = curax.nash_solution(
+        curax.BargainingProblem.from_rewards(r[jnp.array([0, 2])], jnp.array([0.4, 0.6]))
+    )
+    assert sol.result == curax.RESULTS.successful
+    assert abs(float(sol.stats["objective"] - ref.stats["objective"])) <= 1e-13
+    assert np.all(np.isfinite(sol.stats["u"]))
+
+
+def test_one_reward_collapses_on_argmax():
+    r = jnp.array([0.0, 2.0, 1.0, 2.0, -1.0])
+    sol = curax.nash_solution(curax.BargainingProblem.from_rewards(r))
+    assert sol.result == curax.RESULTS.successful
+    assert float(jnp.sum(sol.value[jnp.array([1, 3])])) == pytest.approx(1.0, abs=1e-14)
+    assert float(sol.stats["objective"]) == pytest.approx(2.0, abs=1e-14)
+
+
+def test_single_point():
+    sol = curax.nash_solution(curax.BargainingProblem.from_rewards(jnp.array([[0.3], [2.0]])))
+    assert sol.result == curax.RESULTS.successful
+    np.testing.assert_allclose(sol.value, [1.0])
+    assert float(sol.stats["objective"]) == pytest.approx(0.5 * 0.3 + 0.5 * 2.0, abs=1e-14)
+
+
+def test_all_utilities_equal():
+    # Every p is optimal; the documented answer is a point mass, certified with gap 0.
+    r = jnp.ones((2, 7))
+    sol = curax.nash_solution(curax.BargainingProblem.from_rewards(r))
+    assert sol.result == curax.RESULTS.successful
+    assert float(jnp.sum(sol.value)) == pytest.approx(1.0)
+    assert float(sol.stats["fw_gap"]) <= 1e-15
+    assert np.all(np.isfinite(sol.value))
+
+
+def test_infeasible_linear():
+    # Linear utilities, one of which is 0 everywhere: no p with both utilities > 0.
+    u = jnp.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])
+    sol = curax.nash_solution(curax.BargainingProblem(u, utility="linear"), throw=False)
+    assert sol.result == curax.RESULTS.infeasible
+    with pytest.raises(Exception, match="no feasible point"):
+        curax.nash_solution(curax.BargainingProblem(u, utility="linear"))
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input.
+# ------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="utilities"):
+        curax.BargainingProblem(jnp.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        curax.BargainingProblem(jnp.array([[1.0, jnp.nan]]))
+    with pytest.raises(ValueError, match="weights"):
+        curax.BargainingProblem(jnp.ones((2, 3)), jnp.array([0.5, 0.6]))
+    with pytest.raises(ValueError, match="disagreement"):
+        curax.BargainingProblem(jnp.ones((2, 3)), disagreement=jnp.ones(3))
+    with pytest.raises(ValueError, match="family"):
+        curax.BargainingProblem(jnp.ones((2, 3)), family=jnp.array([[0.5, 0.6, 0.0]]))
+    with pytest.raises(ValueError, match="utility"):
+        curax.BargainingProblem.from_rewards(jnp.ones((2, 3)), utility="log")  # pyright: ignore
+    with pytest.raises(ValueError, match="temperature"):
+        curax.BargainingProblem.from_rewards(jnp.ones((2, 3)), temperature=-1.0)
+    bp = curax.BargainingProblem.from_rewards(jnp.ones((2, 3)), disagreement=0.5)
+    # Runtime values checked inside `jit`: an `eqx.error_if` error.
+    with pytest.raises(Exception, match="disagreement point 0"):
+        curax.nash_solution(bp)
+    with pytest.raises(Exception, match="non-negative"):
+        curax.nash_solution(curax.BargainingProblem(-jnp.ones((2, 3)), utility="linear"))
+    with pytest.raises(ValueError, match="grid_shape"):
+        curax.nash_solution(curax.BargainingProblem(jnp.ones((2, 12))), grid_shape=(5,))
+    with pytest.raises(ValueError, match="max_passes"):
+        curax.nash_solution(curax.BargainingProblem(jnp.ones((2, 3))), max_passes=0)
+
+
+def test_max_passes_reported():
+    r, a = _smooth_rewards(0, 8, 3000)
+    bp = curax.BargainingProblem.from_rewards(r, a)
+    sol = curax.nash_solution(bp, max_passes=1, throw=False)
+    assert sol.result == curax.RESULTS.nonlinear_max_steps_reached
+    # The reported gap is that of the returned p.
+    assert float(sol.stats["fw_gap"]) == pytest.approx(_true_gap(sol.value, bp.utilities, a), abs=1e-13)
+    with pytest.raises(Exception, match="maximum number of steps"):
+        curax.nash_solution(bp, max_passes=1)
