@@ -57,7 +57,6 @@ def _resolve(fn: Callable, solver: Any, args: Any, options: dict[str, Any]) -> A
     return solver, options
 
 
-@eqx.filter_jit
 def fixed_point(
     fn: Callable[[Array, PyTree], Array],
     solver: optx.AbstractFixedPointSolver,
@@ -135,7 +134,37 @@ def fixed_point(
         )
     if not jnp.issubdtype(y0.dtype, jnp.floating):
         y0 = y0.astype(jnp.result_type(float))
-    y0 = to_simplex(check_distribution(y0, y0.shape[0], "y0", y0.dtype))
+    # Checked here, outside `jit`, so that a concrete bad `y0` is a ValueError.
+    y0 = check_distribution(y0, y0.shape[0], "y0", y0.dtype)
+    return _fixed_point(
+        fn,
+        solver,
+        y0,
+        args,
+        options,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        throw=throw,
+        gap_tol=gap_tol,
+        tags=tags,
+    )
+
+
+@eqx.filter_jit
+def _fixed_point(
+    fn: Callable[[Array, PyTree], Array],
+    solver: optx.AbstractFixedPointSolver,
+    y0: Array,
+    args: PyTree,
+    options: dict[str, Any] | None,
+    *,
+    max_steps: int | None,
+    adjoint: optx.AbstractAdjoint,
+    throw: bool,
+    gap_tol: float | None,
+    tags: frozenset[object],
+) -> Solution:
+    y0 = to_simplex(y0)
     options = {} if options is None else dict(options)
     solver, options = _resolve(fn, solver, args, options)
     sol = optx.fixed_point(
@@ -180,5 +209,7 @@ def fixed_point(
             ),
             result,
         )
+    # Arrays only (Solution's annotation); `max_steps=None` (unbounded) is reported as -1.
+    stats = {k: jnp.asarray(-1 if v is None else v) for k, v in stats.items()}
     out = Solution(value=sol.value, result=result, aux=sol.aux, stats=stats, state=sol.state)
     return throw_if_failed(out, throw)
