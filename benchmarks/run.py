@@ -619,7 +619,9 @@ def memory_child(n: int, m: int) -> None:
                 "m": m,
                 "dtype": "float32",
                 "method": method,
-                "result": str(sol.result),
+                "result": next(
+                    k for k, v in curax.RESULTS._name_to_item.items() if v._value == int(sol.result._value)
+                ),
                 "fw_gap": gap,
                 "reward_matrix_GiB": n * m * 4 / 2**30,
                 "max_rss_GiB": rss,

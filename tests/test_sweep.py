@@ -151,3 +151,65 @@ def test_sharded_paths_equal_unsharded():
         [sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=600
     )
     assert "SHARDED-OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+_MULTIPROCESS = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+    import jax.numpy as jnp, numpy as np, curax
+    assert jax.process_count() == 2 and len(jax.devices()) == 4
+
+    def fn(q, seed):
+        rewards = jax.random.normal(jax.random.PRNGKey(seed), (3, 64))
+        problem = curax.CurationProblem(rewards, jnp.stack([q, (1 - q) / 2, (1 - q) / 2]))
+        p = jax.lax.fori_loop(0, 30, lambda _, p: curax.curate(p, problem), problem.uniform())
+        return {"phi": curax.potential(p, problem)}
+
+    grid = {"q": np.linspace(0.1, 0.9, 7), "seed": np.arange(3)}
+    res = curax.sweep(fn, grid, chunk_size=8, progress=False, out=sys.argv[3])
+    np.save(os.path.join(sys.argv[3], f"phi{sys.argv[2]}.npy"), res.values["phi"])
+    """
+)
+
+
+@pytest.mark.slow
+def test_multiprocess_sweep(tmp_path):
+    # Two processes with two CPU devices each, joined by jax.distributed (gloo collectives):
+    # the multi-host path of curax.sweep; both processes get the single-process result.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _MULTIPROCESS, f"localhost:{port}", str(i), str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+
+    def fn(q, seed):
+        rewards = jax.random.normal(jax.random.PRNGKey(seed), (3, 64))
+        problem = curax.CurationProblem(rewards, jnp.stack([q, (1 - q) / 2, (1 - q) / 2]))
+        p = _iterate(problem.uniform(), problem, 30)
+        return {"phi": curax.potential(p, problem)}
+
+    single = curax.sweep(
+        fn, {"q": np.linspace(0.1, 0.9, 7), "seed": np.arange(3)}, chunk_size=8, progress=False
+    )
+    for i in range(2):
+        np.testing.assert_allclose(
+            np.load(tmp_path / f"phi{i}.npy"), single.values["phi"], rtol=1e-13
+        )
+    np.testing.assert_allclose(curax.load_sweep(tmp_path).values["phi"], single.values["phi"], rtol=1e-13)
