@@ -112,7 +112,7 @@ SOLVERS = (
 
 @pytest.fixture(scope="module")
 def reference_problem():
-    _, problem = curax.two_basin_problem(n=N, q=0.3, k=3, reference_weight=0.25)
+    _, problem = curax.two_basin_problem(n=N, q=0.3, k=3, reference_weight=0.25, curvature=1.0)
     return problem
 
 

@@ -81,10 +81,11 @@ def fixed_point(
     - `stats["residual"]`: `max |fn(p) - p|` at the returned point;
     - `stats["fw_gap"]` (only when `fn` is an [`curax.AbstractReplicatorMap`][], e.g.
         [`curax.curate`][]): `max G(p) - 1`, the Frank-Wolfe / KKT gap. A point where the
-        solver converged but the gap stays above `gap_tol` while the points with `G > 1`
-        carry no mass is an *unstable* fixed point (a face optimum or a vertex: mass put
-        there would grow): `RESULTS.unstable_fixed_point`. If those points do carry mass,
-        the solver merely stopped too early: `RESULTS.certificate_failed`. With reference
+        solver converged but some point off its support (mass `<= max(solver.atol, 1e-12)`)
+        has `G > 1 + gap_tol` is an *unstable* fixed point (a face optimum or a vertex:
+        mass put there would grow): `RESULTS.unstable_fixed_point`. If the gap is only
+        attained where there is mass, the solver merely stopped too early:
+        `RESULTS.certificate_failed`. With reference
         data (`reference_weight > 0`) the fixed point has full support and the gap is
         reported but not used.
 
@@ -198,14 +199,14 @@ def _fixed_point(
         gap = jnp.max(g) - 1
         stats["fw_gap"] = gap
         tol = solver.rtol + solver.atol if gap_tol is None else gap_tol
-        growing_mass = jnp.sum(jnp.where(g > 1 + tol, p, 0.0))
+        # Off the support = mass below what the step residual can resolve.
+        off_support = p <= max(solver.atol, 1e-12)
+        gap_off = jnp.max(jnp.where(off_support, g, -jnp.inf)) - 1
         check = (result == RESULTS.successful) & ~_reference_active(fn, args) & (gap > tol)
         result = RESULTS.where(
             check,
             RESULTS.where(
-                growing_mass <= max(solver.atol, 1e-12),
-                RESULTS.unstable_fixed_point,
-                RESULTS.certificate_failed,
+                gap_off > tol, RESULTS.unstable_fixed_point, RESULTS.certificate_failed
             ),
             result,
         )

@@ -126,7 +126,7 @@ def _stability(p, problem, fn, support_tol, tol, krylov_dim):
 
 
 def stability(
-    p: Float[ArrayLike, " n"],
+    p: ArrayLike,
     problem: CurationProblem,
     *,
     fn: AbstractReplicatorMap = curate,
