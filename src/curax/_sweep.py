@@ -4,6 +4,7 @@ import json
 import math
 import os
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,8 @@ from ._sharding import device_mesh, fetch_global, put_global
 
 
 _META = "meta.json"
+# fn -> {(axes, static values, chunk size, dtypes, devices): compiled chunk function}
+_COMPILED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 _RESULTS = "results.npz"
 _FORMAT_VERSION = 1
 
@@ -105,6 +108,14 @@ class SweepResult:
         return SweepResult(
             axes, values, tuple(s for s in self.static if s in axes), self.path, self.info
         )
+
+
+def _weakrefable(fn: Any) -> bool:
+    try:
+        weakref.ref(fn)
+    except TypeError:
+        return False
+    return True
 
 
 def _leaf_names(tree: Any) -> list[str]:
@@ -296,12 +307,23 @@ def sweep(
         if bar is not None:
             bar.update(task, advance=int(todo.size - todo.sum()))
         for si, combo in enumerate(static_combos):
+            key = (
+                tuple(dyn),
+                tuple(st),
+                combo,
+                chunk_size,
+                tuple(str(jnp.asarray(flat[a][:1]).dtype) for a in dyn),
+                tuple(d.id for d in mesh.devices.flat),
+            )
+            # Rerunning a sweep (e.g. to resume it, or with more seeds of the same shapes) in
+            # the same process reuses the compiled chunk function of the same `fn`.
+            cache = _COMPILED.setdefault(fn, {}) if _weakrefable(fn) else {}
+            compiled = cache.get(key)
             batched = jax.jit(
                 jax.vmap(call(combo)),
                 in_shardings=(sharding,) * len(dyn),
                 out_shardings=sharding,
             )
-            compiled = None
             for ci in range(num_chunks):
                 if not todo[si, ci]:
                     with np.load(chunk_file(si, ci)) as f:
@@ -313,7 +335,7 @@ def sweep(
                 inputs = [put_global(flat[a][idx], sharding) for a in dyn]
                 if compiled is None:
                     t0 = time.perf_counter()
-                    compiled = batched.lower(*inputs).compile()
+                    compiled = cache[key] = batched.lower(*inputs).compile()
                     compile_times.append(time.perf_counter() - t0)
                 outs = [fetch_global(x)[:valid] for x in jtu.tree_leaves(compiled(*inputs))]
                 if path is not None and writer:
