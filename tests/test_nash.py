@@ -261,3 +261,142 @@ def test_max_passes_reported():
     assert float(sol.stats["fw_gap"]) == pytest.approx(_true_gap(sol.value, bp.utilities, a), abs=1e-13)
     with pytest.raises(Exception, match="maximum number of steps"):
         curax.nash_solution(bp, max_passes=1)
+
+
+# ------------------------------------------------------------------------------------------
+# nash_optimize: independent direct optimisation.
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_optimize_agrees_with_solution(seed):
+    r, a = _random_rewards(seed, 3, 40)
+    bp = curax.BargainingProblem.from_rewards(r, a)
+    s1 = curax.nash_solution(bp)
+    s2 = curax.nash_optimize(bp)
+    assert s2.result == curax.RESULTS.successful
+    assert abs(float(s1.stats["objective"] - s2.stats["objective"])) <= 1e-12
+    np.testing.assert_allclose(s1.stats["u"], s2.stats["u"], atol=1e-8)
+    assert _true_gap(s2.value, bp.utilities, a) <= 1e-10
+
+
+def _two_basins(q, n=301):
+    x = np.linspace(-3, 3, n)
+    r = np.stack([-((x - 1.5) ** 2), -((x + 1.5) ** 2)])
+    p1 = np.exp(-20 * (x - 1.5) ** 2)
+    p2 = np.exp(-20 * (x + 1.5) ** 2)
+    fam = np.stack([p1 / p1.sum(), p2 / p2.sum()])
+    d = np.array([r[0] @ fam[1], r[1] @ fam[0]])
+    return r, fam, d
+
+
+@pytest.mark.parametrize("q", [0.2, 0.5, 0.7])
+def test_theorem_3_7_mixture_family(q):
+    # Falahati et al. Thm 3.7: linear utilities, d_1 = U_1(P_2), d_2 = U_2(P_1), on
+    # p_a = a P_1 + (1 - a) P_2 the weighted Nash product is maximised at a* = q.
+    r, fam, d = _two_basins(q)
+    bp = curax.BargainingProblem.from_rewards(
+        r, jnp.array([q, 1 - q]), utility="linear", disagreement=d, family=fam
+    )
+    sol = curax.nash_optimize(bp)
+    assert sol.result == curax.RESULTS.successful
+    np.testing.assert_allclose(sol.stats["mixture_weights"], [q, 1 - q], atol=1e-10)
+    np.testing.assert_allclose(sol.value, q * fam[0] + (1 - q) * fam[1], atol=1e-10)
+
+
+def test_optimize_adam_and_softmax():
+    import optax
+
+    r, fam, d = _two_basins(0.3)
+    bp = curax.BargainingProblem.from_rewards(
+        r, jnp.array([0.3, 0.7]), utility="linear", disagreement=d, family=fam
+    )
+    sol = curax.nash_optimize(bp, optax.adam(1e-2), max_steps=5000, tol=1e-10)
+    np.testing.assert_allclose(sol.stats["mixture_weights"], [0.3, 0.7], atol=1e-5)
+    sol = curax.nash_optimize(bp, parametrisation="softmax", tol=1e-10)
+    np.testing.assert_allclose(sol.stats["mixture_weights"], [0.3, 0.7], atol=1e-5)
+
+
+def test_optimize_family_exp_matches_solution():
+    # With d = 0 a mixture family is the simplex problem of U @ family.T: nash_solution
+    # handles it too, so the two independent methods must agree.
+    r, fam, _ = _two_basins(0.4)
+    fam3 = np.concatenate([fam, np.full((1, fam.shape[1]), 1 / fam.shape[1])])
+    bp = curax.BargainingProblem.from_rewards(r, jnp.array([0.4, 0.6]), family=fam3)
+    s1 = curax.nash_solution(bp)
+    s2 = curax.nash_optimize(bp)
+    assert abs(float(s1.stats["objective"] - s2.stats["objective"])) <= 1e-12
+    np.testing.assert_allclose(s1.value, s2.value, atol=1e-8)
+
+
+def test_optimize_infeasible():
+    # Disagreement point above every feasible utility pair.
+    u = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    bp = curax.BargainingProblem(u, disagreement=jnp.array([0.6, 0.6]), utility="linear")
+    sol = curax.nash_optimize(bp, max_steps=200, throw=False)
+    assert sol.result == curax.RESULTS.infeasible
+    assert np.all(np.isfinite(sol.value))
+    with pytest.raises(Exception, match="no feasible point"):
+        curax.nash_optimize(bp, max_steps=200)
+    with pytest.raises(ValueError, match="parametrisation"):
+        curax.nash_optimize(bp, parametrisation="sigmoid")
+
+
+# ------------------------------------------------------------------------------------------
+# Reference mixing.
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rw", [0.05, 0.3, 0.9])
+def test_mixing_fixed_point_matches_dynamics(rw):
+    r, a = _random_rewards(1, 3, 40)
+    ref = jnp.asarray(np.random.default_rng(7).dirichlet(np.ones(40)))
+    problem = curax.CurationProblem(r, a, reference=ref, reference_weight=rw)
+    sol = curax.mixing_fixed_point(problem)
+    assert sol.result == curax.RESULTS.successful
+    # Independent: the map's own residual, and the dynamics run to convergence.
+    assert float(jnp.max(jnp.abs(curax.curate(sol.value, problem) - sol.value))) <= 1e-13
+    ps = curax.trajectory(problem.uniform(), problem, 3000)
+    np.testing.assert_allclose(ps[-1], sol.value, atol=1e-12)
+
+
+def test_mixing_errors_and_finite_k():
+    r, a = _random_rewards(1, 2, 40)
+    with pytest.raises(ValueError, match="reference"):
+        curax.mixing_fixed_point(curax.CurationProblem(r, a))
+    ref = jnp.full((40,), 1 / 40)
+    with pytest.raises(Exception, match="reference_weight > 0"):
+        curax.mixing_fixed_point(curax.CurationProblem(r, a, reference=ref))
+    sol = curax.mixing_fixed_point(
+        curax.CurationProblem(r, a, k=3, reference=ref, reference_weight=0.5)
+    )
+    assert bool(sol.stats["infinite_k_limit"])
+
+
+# ------------------------------------------------------------------------------------------
+# compare.
+# ------------------------------------------------------------------------------------------
+
+
+def test_compare_stable_and_unstable():
+    r, a = _random_rewards(0, 3, 40)
+    problem = curax.CurationProblem(r, a)
+    ps = curax.trajectory(problem.uniform(), problem, 20000)
+    rep = curax.compare(ps[-1], problem)
+    assert rep.verdict == "stable"
+    assert abs(float(rep.objective_difference)) <= 1e-10
+    assert float(rep.support_overlap) == 1.0
+    assert float(rep.utility_difference) <= 1e-8
+    assert "stable point" in rep.summary()
+    # A vertex is a fixed point of the dynamics but not a stable one, and not the Nash
+    # solution: the report must say so.
+    vertex = jnp.zeros(40).at[int(jnp.argmin(rep.nash))].set(1.0)
+    bad = curax.compare(vertex, problem)
+    assert bad.verdict == "unstable"
+    assert float(bad.objective_difference) > 0
+    assert float(bad.fw_gap_point) >= float(bad.objective_difference)
+    assert curax.compare(vertex, curax.BargainingProblem.from_curation(problem)).verdict == (
+        "unstable"
+    )
+    with pytest.raises(ValueError, match="point"):
+        curax.compare(jnp.ones(3) / 3, problem)

@@ -54,7 +54,14 @@ from ._stability import (
 )
 
 # --- nash (issue 5) ---
-from ._nash import BargainingProblem as BargainingProblem, nash_solution as nash_solution
+from ._nash import (
+    BargainingProblem as BargainingProblem,
+    compare as compare,
+    mixing_fixed_point as mixing_fixed_point,
+    nash_optimize as nash_optimize,
+    nash_solution as nash_solution,
+    NashComparison as NashComparison,
+)
 
 # --- theory, sampling, cli (issue 6) ---
 from . import theory as theory

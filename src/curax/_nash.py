@@ -444,3 +444,560 @@ def nash_solution(
     }
     sol = Solution(value=p, result=result, aux=None, stats=stats, state=None)
     return throw_if_failed(sol, throw)
+
+
+# ------------------------------------------------------------------------------------------
+# Direct optimisation with optax.
+# ------------------------------------------------------------------------------------------
+
+
+def _feasible_matrix(problem: BargainingProblem) -> Array:
+    """Utilities as a function of the optimisation variable's simplex: `U` (simplex) or
+    `U @ family.T` (mixture weights)."""
+    if problem.family is None:
+        return problem.utilities
+    return problem.utilities @ problem.family.T
+
+
+def _smooth_log(x: Array, eps: Array) -> Array:
+    # log x for x >= eps, its second-order Taylor extension below: concave, C^2 and finite
+    # everywhere, so an infeasible start (u <= d) is pulled into the feasible region.
+    safe = jnp.maximum(x, eps)
+    t = (x - eps) / eps
+    return jnp.where(x >= eps, jnp.log(safe), jnp.log(eps) + t - 0.5 * t**2)
+
+
+def _nash_gap(problem: BargainingProblem, mat: Array, a: Array) -> tuple[Array, Array, Array]:
+    """`(gap, u, g)`: the Frank-Wolfe gap `max_j g_j - a.g` of the concave objective over the
+    simplex of `a`, with `g` its gradient; it bounds `Phi* - Phi(a)`."""
+    alpha = problem.weights
+    u = mat @ a
+    gain = u - problem.disagreement
+    ok = alpha > 0
+    w = jnp.where(ok, alpha / jnp.where(ok & (gain > 0), gain, 1.0), 0.0)
+    g = w @ mat
+    return jnp.max(g) - a @ g, u, g
+
+
+@eqx.filter_jit
+def nash_optimize(
+    problem: BargainingProblem | CurationProblem,
+    optimizer=None,
+    *,
+    parametrisation: str = "square",
+    max_steps: int = 2000,
+    tol: float | None = None,
+    throw: bool = True,
+) -> Solution:
+    """Maximise the log weighted Nash product directly with an optax optimiser.
+
+    Independent of the dynamics and of [`curax.nash_solution`][] (a cross-check), and more
+    general: any disagreement point, linear or exp utilities, the simplex or a mixture family.
+    The feasible point is parametrised by an unconstrained `theta`:
+    `"square"` (default): `a = theta^2 / |theta|^2` (Hadamard parametrisation: the gradient in
+    a vanishing coordinate is proportional to `theta_j`, so off-support mass decays
+    geometrically and L-BFGS reaches the exact sparse optimum); `"softmax"`:
+    `a = softmax(theta)` (off-support mass decays only like 1/t; for a smooth interior optimum).
+    Below the disagreement point `log` is replaced by its quadratic extension, so an
+    infeasible start is pulled into the feasible region. Stops when the Frank-Wolfe gap
+    `max_j g_j - a.g` (g the gradient in `a`, bounding `Phi* - Phi`) is below `tol`.
+
+    **Arguments:**
+
+    - `problem`: a [`curax.BargainingProblem`][] (or a [`curax.CurationProblem`][], converted).
+    - `optimizer`: an `optax.GradientTransformation`; default `optax.lbfgs()`. Optimisers
+        without line search (Adam, SGD) are wrapped with `optax.with_extra_args_support`.
+    - `parametrisation`: keyword only, `"square"` or `"softmax"`.
+    - `max_steps`: keyword only, optimiser steps.
+    - `tol`: keyword only, Frank-Wolfe gap to stop at (default 1e-13 in float64, 1e-5 in
+        float32).
+    - `throw`: keyword only, raise if not converged or infeasible.
+
+    **Returns:**
+
+    A [`curax.Solution`][]: `value` the distribution `p` (n,) (for a mixture family, also
+    `stats["mixture_weights"]`), `stats` with `u`, `objective`, `fw_gap`, `num_steps`. `result`
+    is `infeasible` when no point with every utility above the disagreement point was found.
+
+    !!! Example
+
+        ```python
+        import optax
+        bp = curax.BargainingProblem.from_rewards(r, jnp.array([0.3, 0.7]), utility="linear",
+                                                  disagreement=d, family=jnp.stack([p1, p2]))
+        sol = curax.nash_optimize(bp, optax.lbfgs())
+        sol.stats["mixture_weights"]  # (0.3, 0.7) under Theorem 3.7's assumptions
+        ```
+    """
+    import optax
+
+    if isinstance(problem, CurationProblem):
+        problem = BargainingProblem.from_curation(problem)
+    if parametrisation not in ("square", "softmax"):
+        raise ValueError(
+            f"`parametrisation` must be 'square' or 'softmax', got {parametrisation!r}."
+        )
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    if optimizer is None:
+        optimizer = optax.lbfgs()
+    if not isinstance(optimizer, optax.GradientTransformationExtraArgs):
+        optimizer = optax.with_extra_args_support(optimizer)
+    mat = _feasible_matrix(problem)
+    dtype = mat.dtype
+    if tol is None:
+        tol = 1e-13 if jnp.finfo(dtype).bits == 64 else 1e-5
+    k = mat.shape[1]
+    alpha = problem.weights
+    eps = 1e-10 * jnp.maximum(jnp.max(jnp.abs(mat)), 1e-300)
+
+    def to_simplex(theta):
+        if parametrisation == "square":
+            t2 = theta**2
+            return t2 / jnp.sum(t2)
+        return jax.nn.softmax(theta)
+
+    def loss(theta):
+        gain = mat @ to_simplex(theta) - problem.disagreement
+        return -jnp.sum(jnp.where(alpha > 0, alpha * _smooth_log(gain, eps), 0.0))
+
+    theta0 = jnp.ones((k,), dtype) if parametrisation == "square" else jnp.zeros((k,), dtype)
+    # Optimisers with a line search (L-BFGS) keep the last value and gradient in their
+    # state; reuse them. Others get a plain `jax.value_and_grad`.
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state0 = optimizer.init(theta0)
+    if optax.tree_utils.tree_get(opt_state0, "value", default=None) is not None:
+        value_and_grad = optax.value_and_grad_from_state(loss)
+    else:
+        plain = jax.value_and_grad(loss)
+
+        def value_and_grad(theta, state):
+            del state
+            return plain(theta)
+
+    def cond(carry):
+        _, _, step, gap, _, _ = carry
+        return (step < max_steps) & ~(gap <= tol)
+
+    def body(carry):
+        theta, state, step, _, best, best_gap = carry
+        # optax's L-BFGS mixes int32 and int64 counters internally: not strict-promotion safe.
+        with jax.numpy_dtype_promotion("standard"):
+            value, grad = value_and_grad(theta, state=state)
+            updates, state = optimizer.update(
+                grad, state, theta, value=value, grad=grad, value_fn=loss
+            )
+            theta = optax.apply_updates(theta, updates)
+        a = to_simplex(theta)
+        gap, u, _ = _nash_gap(problem, mat, a)
+        feasible = jnp.all((alpha <= 0) | (u - problem.disagreement > 0))
+        gap = jnp.where(feasible & jnp.all(jnp.isfinite(a)), gap, jnp.inf)
+        better = gap <= best_gap
+        best = jnp.where(better, a, best)
+        best_gap = jnp.where(better, gap, best_gap)
+        return theta, state, step + 1, gap, best, best_gap
+
+    a0 = to_simplex(theta0)
+    inf = jnp.array(jnp.inf, dtype)
+    init = (theta0, opt_state0, jnp.array(0), inf, a0, inf)
+    _, _, steps, _, a, gap = jax.lax.while_loop(cond, body, init)
+    p = a if problem.family is None else a @ problem.family
+    u = problem.utilities @ p
+    gain = u - problem.disagreement
+    feasible = jnp.all((alpha <= 0) | (gain > 0))
+    result = RESULTS.where(gap <= tol, RESULTS.successful, RESULTS.nonlinear_max_steps_reached)
+    result = RESULTS.where(feasible, result, RESULTS.infeasible)
+    stats = {
+        "u": u,
+        "objective": _objective(problem, u),
+        "fw_gap": gap,
+        "num_steps": steps,
+        "max_steps": jnp.array(max_steps),
+    }
+    if problem.family is not None:
+        stats["mixture_weights"] = a
+    sol = Solution(value=p, result=result, aux=None, stats=stats, state=None)
+    return throw_if_failed(sol, throw)
+
+
+# ------------------------------------------------------------------------------------------
+# Reference mixing: the unique fixed point through an m-dimensional convex dual.
+# ------------------------------------------------------------------------------------------
+
+
+@eqx.filter_jit
+def mixing_fixed_point(
+    problem: CurationProblem,
+    *,
+    tol: float | None = None,
+    max_steps: int = 100,
+    throw: bool = True,
+) -> Solution:
+    """The unique fixed point of the K -> infinity dynamics with reference data.
+
+    With real-data fraction `rw = reference_weight > 0`, the map
+    `p -> rw p_ref + (1 - rw) p * G(p)`, `G = sum_i alpha_i w_i / Z_i`, `Z_i = E_p[w_i]`,
+    `w_i = e^{r_i / tau}`, has the fixed point
+
+    `p(x) = rw p_ref(x) / (1 - (1 - rw) sum_i alpha_i w_i(x) / Z_i)`,
+
+    with `Z` solving the m consistency equations `Z_i = sum_x w_i(x) p(x)`. It maximises the
+    strictly concave `(1 - rw) sum_i alpha_i log E_p[w_i] + rw sum_x p_ref(x) log p(x)`, whose
+    dual in `y_i = (1 - rw) alpha_i / Z_i` is the m-dimensional convex problem
+
+    `min_y -(1 - rw) sum_i alpha_i log y_i - rw sum_x p_ref(x) log(1 - (E^T y)(x))`,
+
+    solved here by damped Newton (O(n m^2) per step; the consistency equation is its gradient
+    `Z_i(y) = (1 - rw) alpha_i / y_i`). In the design notes' convention `eta = 1 - rw`.
+    Finite K is solved in its K -> infinity limit (`stats["infinite_k_limit"]`).
+
+    **Arguments:**
+
+    - `problem`: a [`curax.CurationProblem`][] with `reference` and `reference_weight > 0`.
+    - `tol`: keyword only, the certified residual `max |f(p) - p|` of the K -> infinity map
+        (default 1e-12 in float64, 1e-5 in float32).
+    - `max_steps`: keyword only, Newton steps.
+    - `throw`: keyword only, raise if not certified.
+
+    **Returns:**
+
+    A [`curax.Solution`][] with `value` the fixed point `p` (n,), `stats`: `z` (m,)
+    (`E_p[w_i]` in the normalised units `w_i = e^{r_i/tau - max}`), `residual`,
+    `newton_decrement`, `num_steps`, `max_growth_off_reference` (`(1 - rw) G` where
+    `p_ref = 0`; above 1 the formula's point is not the stable one, `result` is then
+    `unstable_fixed_point`), `infinite_k_limit`.
+
+    !!! Example
+
+        ```python
+        x, problem = curax.two_basin_problem(n=401, q=0.3)
+        problem = curax.CurationProblem(problem.rewards, problem.weights,
+                                        reference=problem.uniform(), reference_weight=0.2)
+        sol = curax.mixing_fixed_point(problem)
+        ```
+    """
+    if not isinstance(problem, CurationProblem):
+        raise ValueError(f"`problem` must be a CurationProblem, got {type(problem)}.")
+    if problem.reference is None:
+        raise ValueError(
+            "`mixing_fixed_point` needs reference data: `problem.reference` is None (without "
+            "it the stable point is `curax.nash_solution(problem)`)."
+        )
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    s = problem.scaled_rewards
+    dtype = s.dtype
+    if tol is None:
+        tol = 1e-12 if jnp.finfo(dtype).bits == 64 else 1e-5
+    rw = check_value(
+        problem.reference_weight,
+        problem.reference_weight <= 0,
+        "`mixing_fixed_point` needs `reference_weight > 0` (the real-data fraction).",
+    )
+    e = jnp.exp(s - jnp.max(s, axis=1, keepdims=True))
+    pref = problem.reference
+    alpha = problem.weights
+    m = e.shape[0]
+    on = alpha > 0
+    eta = 1 - rw
+    insupp = pref > 0
+
+    def parts(y):
+        t = y @ e  # (E^T y)(x)
+        slack = 1 - t
+        ok = jnp.all(jnp.where(insupp, slack > 0, True)) & jnp.all(jnp.where(on, y > 0, True))
+        safe = jnp.where(insupp & (slack > 0), slack, 1.0)
+        p = jnp.where(insupp, rw * pref / safe, 0.0)
+        return t, safe, p, ok
+
+    def dual(y):
+        _, safe, _, ok = parts(y)
+        ys = jnp.where(on & (y > 0), y, 1.0)
+        val = -eta * jnp.sum(jnp.where(on, alpha * jnp.log(ys), 0.0)) - rw * jnp.sum(
+            jnp.where(insupp, pref * jnp.log(safe), 0.0)
+        )
+        return jnp.where(ok, val, jnp.inf)
+
+    def newton_dir(y):
+        _, safe, p, _ = parts(y)
+        ys = jnp.where(on, y, 1.0)
+        grad = jnp.where(on, e @ p - eta * alpha / ys, 0.0)
+        h = jnp.where(insupp, rw * pref / safe**2, 0.0)
+        hess = (e * h[None, :]) @ e.T + jnp.diag(jnp.where(on, eta * alpha / ys**2, 1.0))
+        hess = jnp.where(on[:, None] & on[None, :], hess, jnp.eye(m, dtype=dtype))
+        dy = -jnp.linalg.solve(hess, grad)
+        return dy, -grad @ dy
+
+    def certificate(y):
+        # The fixed-point residual of the K -> infinity map at the primal point of y.
+        _, _, p, _ = parts(y)
+        p = p / jnp.sum(p)
+        g = _safe_ratio_nash(alpha, e @ p) @ e
+        return jnp.max(jnp.abs(rw * pref + eta * p * g - p))
+
+    def cond(carry):
+        _, step, dec, res, moved = carry
+        return (step < max_steps) & (res > 0.25 * tol) & (dec > 0) & moved
+
+    def body(carry):
+        y, step, _, _, _ = carry
+        dy, dec = newton_dir(y)
+        f0 = dual(y)
+
+        # Backtracking (Armijo) that also keeps y in the dual's domain.
+        def ls_cond(c):
+            t, it = c
+            return (dual(y + t * dy) > f0 - 0.25 * t * dec) & (it < 60)
+
+        t, _ = jax.lax.while_loop(
+            ls_cond, lambda c: (0.5 * c[0], c[1] + 1), (jnp.array(1.0, dtype), jnp.array(0))
+        )
+        y_new = jnp.where(dual(y + t * dy) < jnp.inf, y + t * dy, y)
+        moved = jnp.any(y_new != y)
+        dec = jnp.where(jnp.isfinite(dec), dec, 0.0)
+        return y_new, step + 1, dec, certificate(y_new), moved
+
+    y0 = jnp.where(on, eta * alpha, 0.0)
+    inf = jnp.array(jnp.inf, dtype)
+    init = (y0, jnp.array(0), inf, certificate(y0), jnp.array(True))
+    y, steps, dec, _, _ = jax.lax.while_loop(cond, body, init)
+    _, _, p, _ = parts(y)
+    p = p / jnp.sum(p)
+
+    # Polish in p: where (1 - rw) G(x) is close to 1, p ~ 1 / (1 - E^T y) loses digits to
+    # cancellation. Newton on the primal F(p) = (1 - rw) sum alpha log(E p) +
+    # rw sum p_ref log p - sum p (optimum on the simplex), whose Hessian is diagonal plus
+    # rank m: Woodbury, O(n m^2) per step.
+    def polish(p, _):
+        u = e @ p
+        ps = jnp.where(insupp, p, 1.0)
+        grad = jnp.where(insupp, eta * (_safe_ratio_nash(alpha, u) @ e) + rw * pref / ps - 1, 0.0)
+        dinv = jnp.where(insupp, ps**2 / (rw * jnp.where(insupp, pref, 1.0)), 0.0)
+        c = (jnp.sqrt(eta * alpha) / jnp.where(u > 0, u, 1.0))[:, None] * e
+        cd = c * dinv[None, :]
+        small = jnp.eye(m, dtype=dtype) + cd @ c.T
+        dp = dinv * grad - cd.T @ jnp.linalg.solve(small, cd @ grad)
+        new = jnp.where(insupp, p + dp, 0.0)
+        ok = jnp.all(new >= 0) & jnp.all(jnp.isfinite(new))
+        new = jnp.where(ok, new / jnp.sum(new), p)
+        return new, None
+
+    p, _ = jax.lax.scan(polish, p, None, length=2)
+    z = e @ p
+    g = _safe_ratio_nash(alpha, z) @ e
+    residual = jnp.max(jnp.abs(rw * pref + eta * p * g - p))
+    off = jnp.max(jnp.where(insupp, -jnp.inf, eta * g))
+    result = RESULTS.where(
+        residual <= tol,
+        RESULTS.successful,
+        RESULTS.where(
+            steps >= max_steps, RESULTS.nonlinear_max_steps_reached, RESULTS.certificate_failed
+        ),
+    )
+    result = RESULTS.where(off > 1 + 1e-12, RESULTS.unstable_fixed_point, result)
+    result = RESULTS.where(jnp.all(jnp.isfinite(p)), result, RESULTS.nonfinite)
+    stats = {
+        "z": z,
+        "residual": residual,
+        "newton_decrement": dec,
+        "num_steps": steps,
+        "max_steps": jnp.array(max_steps),
+        "max_growth_off_reference": off,
+        "infinite_k_limit": jnp.array(any(k is not None for k in problem.ks)),
+    }
+    sol = Solution(value=p, result=result, aux=None, stats=stats, state=None)
+    return throw_if_failed(sol, throw)
+
+
+def _safe_ratio_nash(alpha: Array, u: Array) -> Array:
+    ok = alpha > 0
+    return jnp.where(ok, alpha / jnp.where(ok & (u > 0), u, 1.0), 0.0)
+
+
+# ------------------------------------------------------------------------------------------
+# Stable point vs Nash solution.
+# ------------------------------------------------------------------------------------------
+
+
+class NashComparison(eqx.Module):
+    """What [`curax.compare`][] found: a stable point of the dynamics against the weighted Nash
+    bargaining solution of the same problem (K -> infinity utilities `E_p[e^{r_i/tau}]`).
+
+    **Attributes:**
+
+    - `point`, `nash`: `Float[Array, " n"]`, the two distributions.
+    - `log_utilities_point`, `log_utilities_nash`: `Float[Array, " m"]`, `log E_p[e^{r_i/tau}]`.
+    - `utility_difference`: `max_i |log u_i(point) - log u_i(nash)|`.
+    - `objective_point`, `objective_nash`: the log Nash product `Phi` of each.
+    - `objective_difference`: `Phi(nash) - Phi(point)` (>= -`nash_fw_gap`; 0 when the point
+        is the Nash solution).
+    - `fw_gap_point`: the point's K -> infinity Frank-Wolfe gap, an upper bound on
+        `Phi* - Phi(point)`.
+    - `nash_fw_gap`: the Nash solution's certified gap.
+    - `support_point`, `support_nash`: number of points with mass above `support_tol`.
+    - `support_overlap`: Jaccard index of the two supports (1 = the same points).
+    - `nash_mass_on_point_support`: how much of the Nash solution's mass lies on the point's
+        support.
+    - `stability_code`: 0 stable, 1 marginal, 2 unstable, from [`curax.stability`][] (the
+        Jacobian spectrum and off-support growth of the problem's own map, any K); for a
+        [`curax.BargainingProblem`][] from the K -> infinity growth factors alone (stable iff
+        `fw_gap_point <= tol`, unstable otherwise).
+    - `stability_radius`: the Jacobian's spectral radius on the simplex tangent space (or
+        `1 + fw_gap_point` for a bargaining problem: the largest growth factor).
+    - `infinite_k_limit`: the Nash side is the K -> infinity limit of a finite-K problem.
+    """
+
+    point: Float[Array, " n"]
+    nash: Float[Array, " n"]
+    log_utilities_point: Float[Array, " m"]
+    log_utilities_nash: Float[Array, " m"]
+    utility_difference: Float[Array, ""]
+    objective_point: Float[Array, ""]
+    objective_nash: Float[Array, ""]
+    objective_difference: Float[Array, ""]
+    fw_gap_point: Float[Array, ""]
+    nash_fw_gap: Float[Array, ""]
+    support_point: Int[Array, ""]
+    support_nash: Int[Array, ""]
+    support_overlap: Float[Array, ""]
+    nash_mass_on_point_support: Float[Array, ""]
+    stability_code: Int[Array, ""]
+    stability_radius: Float[Array, ""]
+    infinite_k_limit: bool = eqx.field(static=True)
+
+    @property
+    def verdict(self) -> str:
+        """`"stable"`, `"marginal"` or `"unstable"` (needs a concrete report)."""
+        return ("stable", "marginal", "unstable")[int(self.stability_code)]
+
+    def summary(self) -> str:
+        """A plain-text table of the comparison, for a report or a paper's appendix."""
+        rows = [
+            ("stability verdict", self.verdict, f"radius {float(self.stability_radius):.6g}"),
+            ("objective Phi", f"{float(self.objective_point):.15g}",
+             f"{float(self.objective_nash):.15g}"),
+            ("Phi(nash) - Phi(point)", f"{float(self.objective_difference):.3e}", ""),
+            ("Frank-Wolfe gap", f"{float(self.fw_gap_point):.3e}",
+             f"{float(self.nash_fw_gap):.3e}"),
+            ("max |log u difference|", f"{float(self.utility_difference):.3e}", ""),
+            ("support size", str(int(self.support_point)), str(int(self.support_nash))),
+            ("support overlap (Jaccard)", f"{float(self.support_overlap):.4f}", ""),
+        ]
+        for i, (a, b) in enumerate(zip(self.log_utilities_point, self.log_utilities_nash)):
+            rows.append((f"log u_{i}", f"{float(a):.12g}", f"{float(b):.12g}"))
+        head = f"{'':28s}{'stable point':>24s}{'Nash solution':>24s}"
+        lines = [head] + [f"{r[0]:28s}{r[1]:>24s}{r[2]:>24s}" for r in rows]
+        if self.infinite_k_limit:
+            lines.append("(Nash side: K -> infinity limit of a finite-K problem)")
+        return "\n".join(lines)
+
+
+def compare(
+    point: Solution | ArrayLike,
+    problem: CurationProblem | BargainingProblem,
+    *,
+    grid_shape: tuple[int, ...] | None = None,
+    support_tol: float = 1e-10,
+    tol: float = 1e-9,
+) -> NashComparison:
+    """Compare a stable point of the dynamics with the weighted Nash bargaining solution.
+
+    Solves the problem's bargaining problem exactly ([`curax.nash_solution`][]), evaluates
+    both points' utilities, objective, Frank-Wolfe gap and supports, and classifies the point
+    with [`curax.stability`][] (for a [`curax.CurationProblem`][]; the map of the problem's
+    own K). What a user quotes: "the dynamics' stable point is the Nash solution to
+    `objective_difference`, certified by `fw_gap_point`".
+
+    **Arguments:**
+
+    - `point`: a [`curax.Solution`][] (e.g. from [`curax.fixed_point`][]) or a distribution
+        `(n,)`.
+    - `problem`: the [`curax.CurationProblem`][] (or a [`curax.BargainingProblem`][] with
+        disagreement point 0 on the simplex).
+    - `grid_shape`: keyword only, passed to [`curax.nash_solution`][].
+    - `support_tol`: keyword only, mass above which a point is in a support.
+    - `tol`: keyword only, margin of the stability verdict.
+
+    **Returns:**
+
+    A [`curax.NashComparison`][]; `print(report.summary())` for a table.
+
+    !!! Example
+
+        ```python
+        ps = curax.trajectory(problem.uniform(), problem, 5000)
+        report = curax.compare(ps[-1], problem)
+        print(report.summary())
+        ```
+    """
+    p = point.value if isinstance(point, Solution) else jnp.asarray(point)
+    bp = problem if isinstance(problem, BargainingProblem) else BargainingProblem.from_curation(
+        problem
+    )
+    if p.ndim != 1 or p.shape[0] != bp.size:
+        raise ValueError(f"`point` must be a distribution of shape ({bp.size},), got {p.shape}.")
+    if bp.family is not None:
+        raise ValueError("`compare` works on the simplex; `problem.family` must be None.")
+    p = _check_point(p.astype(bp.utilities.dtype), bp.size)
+    nash = nash_solution(bp, grid_shape=grid_shape, throw=False)
+    return _compare(p, nash, bp, problem, support_tol, tol)
+
+
+def _check_point(p: Array, n: int) -> Array:
+    from ._problem import check_distribution
+
+    return check_distribution(p, n, "point")
+
+
+def _compare(
+    p: Array,
+    nash: Solution,
+    bp: BargainingProblem,
+    problem: CurationProblem | BargainingProblem,
+    support_tol: float,
+    tol: float,
+) -> NashComparison:
+    q = nash.value
+    up = bp.utilities @ p
+    uq = bp.utilities @ q
+    safe = jnp.where(up > 0, up, 1.0)
+    lup = jnp.where(up > 0, jnp.log(safe), -jnp.inf) + bp.log_scale
+    luq = nash.stats["log_utilities"]
+    on = bp.weights > 0
+    phi_p = _objective(bp, up)
+    phi_q = nash.stats["objective"]
+    g = _safe_ratio_nash(bp.weights, up) @ bp.utilities
+    gap_p = jnp.max(g) - 1
+    sp = p > support_tol
+    sq = q > support_tol
+    inter = jnp.sum(sp & sq)
+    union = jnp.maximum(jnp.sum(sp | sq), 1)
+    if isinstance(problem, CurationProblem):
+        from ._stability import stability
+
+        report = stability(p, problem, support_tol=support_tol, tol=tol)
+        code = report.verdict_code
+        radius = report.radius
+    else:
+        code = jnp.where(gap_p <= tol, 0, 2)
+        radius = 1 + gap_p
+    del uq
+    return NashComparison(
+        point=p,
+        nash=q,
+        log_utilities_point=lup,
+        log_utilities_nash=luq,
+        utility_difference=jnp.max(jnp.where(on, jnp.abs(lup - luq), 0.0)),
+        objective_point=phi_p,
+        objective_nash=phi_q,
+        objective_difference=phi_q - phi_p,
+        fw_gap_point=gap_p,
+        nash_fw_gap=nash.stats["fw_gap"],
+        support_point=jnp.sum(sp),
+        support_nash=jnp.sum(sq),
+        support_overlap=inter / union,
+        nash_mass_on_point_support=jnp.sum(jnp.where(sp, q, 0.0)),
+        stability_code=jnp.asarray(code),
+        stability_radius=jnp.asarray(radius),
+        infinite_k_limit=bp.infinite_k_limit,
+    )
