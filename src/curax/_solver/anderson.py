@@ -34,10 +34,17 @@ class Anderson(optx.AbstractFixedPointSolver[Array, Aux, _AndersonState]):
     candidate is `p_k + g_k - (dX + dG) gamma`, `gamma` minimising
     `|g_k - dG gamma|^2 + regularisation |gamma|^2`.
 
-    Simplex safeguards: the candidate is floored at `floor` times the plain step `f(p_k)` (so
-    no point with mass loses it entirely: under a replicator map zero mass never regrows)
-    and renormalised; if its residual `|f(c) - c|` is not below the current residual
-    `|f(p_k) - p_k|`, the plain step `f(p_k)` is taken instead and the history is cleared.
+    Simplex safeguards: by default the mixing is done in the coordinates `log p` on the
+    points with mass (`log_space=True`; a replicator map moves them additively,
+    `log p' = log p + log G`), so the candidate stays positive with the same support and is
+    renormalised; with `log_space=False` the candidate is mixed in `p`. Either way it is
+    floored at `floor` times the plain step `f(p_k)` (no point with mass loses it at once:
+    under a replicator map zero mass never regrows). Over many steps log-space mixing can
+    still drive a point's mass to underflow; on strongly selective maps (large finite K) it
+    can then end on a spurious fixed point, which [`curax.fixed_point`][] reports as
+    `RESULTS.unstable_fixed_point` (measured in `benchmarks/RESULTS_solvers.md`). If the candidate's residual `|f(c) - c|` is not below the
+    current residual `|f(p_k) - p_k|`, the plain step `f(p_k)` is taken instead and the
+    history is cleared.
 
     One map evaluation per accepted step, two per rejected one.
 
@@ -62,11 +69,28 @@ class Anderson(optx.AbstractFixedPointSolver[Array, Aux, _AndersonState]):
     memory: int = 5
     regularisation: float = 1e-10
     floor: float = 1e-3
+    log_space: bool = True
     patience: int = DEFAULT_PATIENCE
 
     def __check_init__(self):
         if self.memory < 1:
             raise ValueError(f"`memory` must be >= 1, got {self.memory}.")
+
+    def _coords(self, p: Array, pos: Array) -> Array:
+        if self.log_space:
+            return jnp.where(pos, jnp.log(jnp.where(pos, p, 1.0)), 0.0)
+        return p
+
+    def _uncoords(self, x: Array, pos: Array, fy: Array) -> Array:
+        if self.log_space:
+            # Floor: no entry drops below `floor` times the plain step in one step, so an
+            # extrapolation cannot underflow a point's mass to zero at once (final under a
+            # replicator map). (A two-sided trust region was tried: it stalls K = inf.)
+            logf = jnp.log(jnp.where(pos, fy, 1.0))
+            x = jnp.where(pos, jnp.maximum(x, logf + jnp.log(self.floor)), -jnp.inf)
+            x = x - jnp.max(x)
+            return to_simplex(jnp.where(pos, jnp.exp(x), 0.0))
+        return to_simplex(jnp.maximum(x, self.floor * fy))
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> _AndersonState:
         del fn, args, options, aux_struct, tags
@@ -97,12 +121,17 @@ class Anderson(optx.AbstractFixedPointSolver[Array, Aux, _AndersonState]):
         )
         evals = jnp.where(state.have_fy, 0, 1)
         fy = to_simplex(fy)
-        g = fy - y
         error = scaled_error(y, fy, self.rtol, self.atol, self.norm)
+        # Mixing coordinates: log p on the points with mass (zeros stay zero), where a
+        # replicator map moves additively (log p' = log p + log G), so the extrapolation keeps
+        # the iterate positive with the same support; or p itself (`log_space=False`).
+        pos = (y > 0) & (fy > 0)
+        xy, xf = self._coords(y, pos), self._coords(fy, pos)
+        g = xf - xy
 
         # History update with the pair (previous iterate -> y).
         slot = state.head % self.memory
-        dx = state.dx.at[slot].set(jnp.where(state.have_fy, y - state.prev_y, 0.0))
+        dx = state.dx.at[slot].set(jnp.where(state.have_fy, xy - state.prev_y, 0.0))
         dg = state.dg.at[slot].set(jnp.where(state.have_fy, g - state.prev_g, 0.0))
         filled = state.filled.at[slot].set(state.have_fy)
 
@@ -113,12 +142,11 @@ class Anderson(optx.AbstractFixedPointSolver[Array, Aux, _AndersonState]):
         gram = gram + jnp.diag(jnp.where(filled, reg, 1.0))
         rhs = jnp.where(filled, dg @ g, 0.0)
         gamma = jnp.where(filled, jnp.linalg.solve(gram, rhs), 0.0)
-        cand = y + g - (dx + dg).T @ gamma
-        cand = to_simplex(jnp.maximum(cand, self.floor * fy))
+        cand = self._uncoords(xy + g - (dx + dg).T @ gamma, pos, fy)
         fc, aux_c = fn(cand, args)
         fc = to_simplex(fc)
         res_c = jnp.max(jnp.abs(fc - cand))
-        accept = jnp.isfinite(res_c) & (res_c < jnp.max(jnp.abs(g))) & jnp.any(filled)
+        accept = jnp.isfinite(res_c) & (res_c < jnp.max(jnp.abs(fy - y))) & jnp.any(filled)
 
         # Rejected (or no history yet): the plain step f(y), whose image we also need.
         def plain():
@@ -129,7 +157,7 @@ class Anderson(optx.AbstractFixedPointSolver[Array, Aux, _AndersonState]):
         del aux0
         new_state = _AndersonState(
             new_fy,
-            y,
+            xy,
             g,
             jnp.where(accept, dx, 0.0),
             jnp.where(accept, dg, 0.0),
@@ -171,5 +199,6 @@ Anderson.__init__.__doc__ = """**Arguments:**
 - `regularisation`: Tikhonov regularisation of the least-squares problem, relative to the
     trace of its Gram matrix.
 - `floor`: the candidate is floored at `floor * f(p)` entrywise (positivity safeguard).
+- `log_space`: mix in `log p` (default) or in `p`.
 - `patience`: steps without a new best residual after which the solve is declared stalled.
 """
