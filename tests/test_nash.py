@@ -107,9 +107,8 @@ def test_grid_2d():
     bp = curax.BargainingProblem.from_rewards(r, a)
     sol = curax.nash_solution(bp, grid_shape=(50, 60))
     assert sol.result == curax.RESULTS.successful
+    # Certified on every one of the 3,000 columns, recomputed in numpy.
     assert _true_gap(sol.value, bp.utilities, a) <= 1e-12
-    ref = curax.nash_solution(bp)
-    assert abs(float(sol.stats["objective"] - ref.stats["objective"])) <= 1e-12
 
 
 def test_jit_and_vmap():
@@ -118,8 +117,9 @@ def test_jit_and_vmap():
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *problems)
     sols = eqx.filter_vmap(lambda bp: curax.nash_solution(bp, throw=False))(stacked)
     assert bool(jnp.all(sols.result == curax.RESULTS.successful))
+    single = jax.jit(lambda b: curax.nash_solution(b, throw=False))
     for i, bp in enumerate(problems):
-        one = jax.jit(lambda b: curax.nash_solution(b))(bp)
+        one = single(bp)
         assert abs(float(sols.stats["objective"][i] - one.stats["objective"])) <= 1e-13
         assert _true_gap(sols.value[i], bp.utilities, bp.weights) <= 1e-10
 
@@ -151,10 +151,14 @@ def test_huge_reward_spread():
 
 
 def test_duplicate_columns():
+    # Shapes kept at (3, 40) so that these tests share one compilation.
     r, a = _random_rewards(1, 3, 20)
-    r2 = jnp.concatenate([r, r], axis=1)  # every column twice
-    s1 = curax.nash_solution(curax.BargainingProblem.from_rewards(r, a))
-    s2 = curax.nash_solution(curax.BargainingProblem.from_rewards(r2, a))
+    dup = jnp.concatenate([r, r], axis=1)  # every column twice
+    # The same 20 columns plus 20 columns that no player wants (never in the solution).
+    ref = jnp.concatenate([r, r - 1000.0], axis=1)
+    s1 = curax.nash_solution(curax.BargainingProblem.from_rewards(ref, a))
+    s2 = curax.nash_solution(curax.BargainingProblem.from_rewards(dup, a))
+    assert s2.result == curax.RESULTS.successful
     assert abs(float(s1.stats["objective"] - s2.stats["objective"])) <= 1e-13
     np.testing.assert_allclose(s1.stats["u"], s2.stats["u"], atol=1e-7)
     folded = s2.value[:20] + s2.value[20:]
@@ -162,28 +166,22 @@ def test_duplicate_columns():
     assert _true_gap(folded, e, a) <= 1e-10
 
 
-def test_constant_reward_row():
-    r, a = _random_rewards(2, 3, 25)
-    r_const = r.at[1].set(1.7)
-    sol = curax.nash_solution(curax.BargainingProblem.from_rewards(r_const, a))
-    # A constant utility is the same for every p: the other two bargain with weights
-    # renormalised.
-    a2 = jnp.array([a[0], a[2]]) / (a[0] + a[2])
-    ref = curax.nash_solution(curax.BargainingProblem.from_rewards(r[jnp.array([0, 2])], a2))
-    np.testing.assert_allclose(sol.stats["u"][jnp.array([0, 2])], ref.stats["u"], atol=1e-7)
+def test_constant_reward_row_and_zero_weight():
+    r, a = _random_rewards(2, 3, 40)
+    # A constant utility is the same for every p: the solution is that of the other two
+    # rewards, i.e. of the problem where the constant row has weight 0 (and then drops out).
+    sol = curax.nash_solution(curax.BargainingProblem.from_rewards(r.at[1].set(1.7), a))
+    a0 = jnp.array([a[0], 0.0, a[2]]) / (a[0] + a[2])
+    zero = curax.nash_solution(curax.BargainingProblem.from_rewards(r, a0))
     assert sol.result == curax.RESULTS.successful
-
-
-def test_zero_weight_drops_out():
-    r, a = _random_rewards(4, 3, 25)
-    a0 = jnp.array([0.4, 0.0, 0.6])
-    sol = curax.nash_solution(curax.BargainingProblem.from_rewards(r, a0))
-    ref = curax.nash_solution(
-        curax.BargainingProblem.from_rewards(r[jnp.array([0, 2])], jnp.array([0.4, 0.6]))
-    )
-    assert sol.result == curax.RESULTS.successful
-    assert abs(float(sol.stats["objective"] - ref.stats["objective"])) <= 1e-13
-    assert np.all(np.isfinite(sol.stats["u"]))
+    assert zero.result == curax.RESULTS.successful
+    np.testing.assert_allclose(sol.stats["u"][jnp.array([0, 2])], zero.stats["u"][jnp.array([0, 2])], atol=1e-7)
+    assert np.all(np.isfinite(zero.stats["u"]))
+    # Independent check of the zero-weight problem: the direct optimiser.
+    opt = curax.nash_optimize(curax.BargainingProblem.from_rewards(r, a0))
+    assert abs(float(opt.stats["objective"] - zero.stats["objective"])) <= 1e-12
+    e = np.exp(np.asarray(r) - np.asarray(r).max(axis=1, keepdims=True))
+    assert _true_gap(zero.value, e, a0) <= 1e-10
 
 
 def test_one_reward_collapses_on_argmax():
@@ -203,7 +201,7 @@ def test_single_point():
 
 def test_all_utilities_equal():
     # Every p is optimal; the documented answer is a point mass, certified with gap 0.
-    r = jnp.ones((2, 7))
+    r = jnp.ones((2, 3))
     sol = curax.nash_solution(curax.BargainingProblem.from_rewards(r))
     assert sol.result == curax.RESULTS.successful
     assert float(jnp.sum(sol.value)) == pytest.approx(1.0)

@@ -303,7 +303,6 @@ def _objective(problem: BargainingProblem, u: Array) -> Array:
 # ------------------------------------------------------------------------------------------
 
 
-@eqx.filter_jit
 def nash_solution(
     problem: BargainingProblem | CurationProblem,
     *,
@@ -374,16 +373,59 @@ def nash_solution(
         raise ValueError(
             f"`problem` must be a BargainingProblem or CurationProblem, got {type(problem)}."
         )
-    e = problem.utilities
-    dtype = e.dtype
+    dtype = problem.utilities.dtype
     if tol is None:
         tol = 1e-12 if jnp.finfo(dtype).bits == 64 else 1e-5
     if not isinstance(max_passes, int) or max_passes < 1:
         raise ValueError(f"`max_passes` must be a positive int, got {max_passes!r}.")
-    alpha = problem.weights
+    if problem.family is not None and grid_shape is not None:
+        raise ValueError("`grid_shape` cannot be used with a mixture-family feasible set.")
+    if grid_shape is not None:
+        grid_shape = tuple(int(g) for g in grid_shape)
+    # The jitted core sees arrays only (not the problem's static labels), so problems that
+    # differ only in `utility` or `infinite_k_limit` share one compilation.
+    p, u, objective, log_u, stats, result = _nash_solution_core(
+        problem.utilities,
+        problem.weights,
+        problem.disagreement,
+        problem.family,
+        problem.log_scale,
+        problem.anchors,
+        grid_shape=grid_shape,
+        tol=float(tol),
+        max_passes=max_passes,
+        multilevel=bool(multilevel),
+    )
+    stats = dict(stats)
+    stats.update(
+        u=u,
+        log_utilities=log_u,
+        objective=objective,
+        max_steps=jnp.array(max_passes),
+        infinite_k_limit=jnp.array(problem.infinite_k_limit),
+    )
+    sol = Solution(value=p, result=result, aux=None, stats=stats, state=None)
+    return throw_if_failed(sol, throw)
+
+
+@eqx.filter_jit
+def _nash_solution_core(
+    e: Array,
+    alpha: Array,
+    disagreement: Array,
+    family: Array | None,
+    log_scale: Array,
+    anchors: Array,
+    *,
+    grid_shape: tuple[int, ...] | None,
+    tol: float,
+    max_passes: int,
+    multilevel: bool,
+):
+    utilities = e
     e = check_value(
         e,
-        jnp.any(problem.disagreement != 0),
+        jnp.any(disagreement != 0),
         "`nash_solution` solves disagreement point 0; use `curax.nash_optimize` for another "
         "disagreement point.",
     )
@@ -393,11 +435,8 @@ def nash_solution(
         "`nash_solution` needs non-negative utilities (log u must be defined); shift linear "
         "rewards or use `curax.nash_optimize`.",
     )
-    anchors = problem.anchors
-    if problem.family is not None:
-        if grid_shape is not None:
-            raise ValueError("`grid_shape` cannot be used with a mixture-family feasible set.")
-        e = e @ problem.family.T
+    if family is not None:
+        e = e @ family.T
         anchors = jnp.argmax(e, axis=1)
     # A utility with positive weight that is 0 on every column: no feasible point has all
     # utilities above the disagreement point 0.
@@ -412,10 +451,15 @@ def nash_solution(
         multilevel=multilevel,
     )
     p = res.p
-    if problem.family is not None:
-        p = p @ problem.family
-    u = problem.utilities @ p
-    objective = _objective(problem, u)
+    if family is not None:
+        p = p @ family
+    u = utilities @ p
+    ok = alpha > 0
+    safe_u = jnp.where(u > 0, u, 1.0)
+    log_u = jnp.where(u > 0, jnp.log(safe_u), -jnp.inf) + log_scale
+    objective = jnp.where(
+        jnp.all(~ok | (u > 0)), jnp.sum(jnp.where(ok, alpha * log_u, 0.0)), -jnp.inf
+    )
     finite = jnp.all(jnp.isfinite(p)) & jnp.isfinite(res.gap)
     result = RESULTS.where(
         res.gap <= tol,
@@ -428,22 +472,15 @@ def nash_solution(
     )
     result = RESULTS.where(finite, result, RESULTS.nonfinite)
     result = RESULTS.where(infeasible, RESULTS.infeasible, result)
-    safe_u = jnp.where(u > 0, u, 1.0)
     stats = {
-        "u": u,
-        "log_utilities": jnp.where(u > 0, jnp.log(safe_u), -jnp.inf) + problem.log_scale,
-        "objective": objective,
         "fw_gap": res.gap,
         "support": res.support,
         "support_weights": res.weights,
         "num_passes": res.passes,
         "num_steps": res.fine_passes,
-        "max_steps": jnp.array(max_passes),
         "master_iterations": res.master_iters,
-        "infinite_k_limit": jnp.array(problem.infinite_k_limit),
     }
-    sol = Solution(value=p, result=result, aux=None, stats=stats, state=None)
-    return throw_if_failed(sol, throw)
+    return p, u, objective, log_u, stats, result
 
 
 # ------------------------------------------------------------------------------------------

@@ -59,19 +59,27 @@ def solve_master(
     *,
     max_iters: int = 60,
     tol: float = 1e-14,
-    direct: bool = True,
+    solve: str = "partitioned",
+    num_active: int | None = None,
 ) -> tuple[Float[Array, " k"], Int[Array, ""]]:
     """Maximise `sum_i alpha_i log (a q)_i` over `q` in the simplex on the valid columns.
 
     Primal-feasible, primal-dual interior point (Mehrotra predictor-corrector): `q` stays
     in the open simplex, so every utility stays bounded and positive. KKT:
-    `g - lam + z = 0`, `q z = mu`, `1^T q = 1`, with `g = a^T (alpha / a q)`. Newton systems
-    `(D + C^T C) dq + dlam 1 = b`, `1^T dq = 0`, with `D = z / q` (k diagonal) and
-    `C = diag(sqrt(alpha) / u) a` (m x k), are solved through Woodbury with one m x m Cholesky
-    factorisation: O(k m^2) per step. Returns `(q, iterations)`.
+    `g - lam + z = 0`, `q z = mu`, `1^T q = 1`, with `g = a^T (alpha / a q)`. The Newton
+    matrix is `D + C^T C` with `D = z / q` (k diagonal) and `C = diag(sqrt(alpha) / u) a`
+    (m x k), factorised once per iteration: the `num_active` columns with the smallest
+    `z / q` by an r x r Schur complement, the rest by Woodbury (one m x m Cholesky), so a step
+    costs O(k m^2 + r^3). The iterate with the smallest restricted Frank-Wolfe gap
+    `max_S g - 1` is returned. Returns `(q, iterations)`.
     """
     m, k = a.shape
     dtype = a.dtype
+    if num_active is None:
+        num_active = 2 * m + 4
+    num_active = min(num_active, k)
+    if num_active == k:
+        solve = "direct"
     # A reward whose row is zero on every valid column cannot be served by this master (its
     # utility would be 0): it is left out here; the caller's anchors rule this out on the
     # finest level.
@@ -99,25 +107,50 @@ def solve_master(
         mu = jnp.sum(q * z) / nv
         return u, rd, mu
 
-    def newton(q, z, u, rd, rc):
+    def factor(q, z, u):
+        """Factorise the Newton matrix `D + C^T C` once per iteration (shared by the predictor
+        and the corrector); returns a solver `v -> (D + C^T C)^{-1} v` on the valid slots."""
         qs = jnp.where(valid, q, 1.0)
-        zs = jnp.where(valid, z, 1.0)
-        d = zs / qs
+        # Invalid slots: a huge diagonal so that they never count as active.
+        d = jnp.where(valid, z / qs, 1e200)
         c = (jnp.where(u > 0, sqrt_alpha / jnp.where(u > 0, u, 1.0), 0.0))[:, None] * a
-        if direct:
-            mat = jnp.diag(d) + c.T @ c
-            chol = jnp.linalg.cholesky(mat)
+        if solve == "direct":
+            chol = jnp.linalg.cholesky(jnp.diag(d) + c.T @ c)
 
             def msolve(v):
                 return jnp.where(valid, jax.scipy.linalg.cho_solve((chol, True), v), 0.0)
-        else:
-            cd = c / d[None, :]
-            chol = jnp.linalg.cholesky(eye + cd @ c.T)
 
-            def msolve(v):
-                y = jax.scipy.linalg.cho_solve((chol, True), cd @ v)
-                return jnp.where(valid, (v - c.T @ y) / d, 0.0)
+            return msolve
+        # Partitioned: the `num_active` columns with the smallest z / q (the ones the optimum
+        # uses) are solved directly through an r x r Schur complement; the rest (large
+        # diagonal, well conditioned) by Woodbury with one m x m factorisation. Plain
+        # Woodbury over all columns cancels catastrophically in (v - C^T y) / d on the active
+        # columns, whose d is ~1e-16; a dense k x k solve costs O(k^3).
+        order = jnp.argsort(d)
+        act, ina = order[:num_active], order[num_active:]
+        c_a, c_i = c[:, act], c[:, ina]
+        d_a, d_i = d[act], d[ina]
+        ci_d = c_i / d_i[None, :]
+        w_chol = jnp.linalg.cholesky(eye + ci_d @ c_i.T)
 
+        def wsolve(x):
+            return jax.scipy.linalg.cho_solve((w_chol, True), x)
+
+        s_mat = jnp.diag(d_a) + c_a.T @ wsolve(c_a)
+        s_chol = jnp.linalg.cholesky(s_mat)
+
+        def msolve(v):
+            v_a, v_i = v[act], v[ina]
+            x_a = jax.scipy.linalg.cho_solve((s_chol, True), v_a - c_a.T @ wsolve(ci_d @ v_i))
+            r_i = v_i - c_i.T @ (c_a @ x_a)
+            x_i = r_i / d_i - ci_d.T @ wsolve(ci_d @ r_i)
+            out = jnp.zeros_like(v).at[act].set(x_a).at[ina].set(x_i)
+            return jnp.where(valid, out, 0.0)
+
+        return msolve
+
+    def newton(msolve, q, z, rd, rc):
+        qs = jnp.where(valid, q, 1.0)
         b = jnp.where(valid, rd - rc / qs, 0.0)
         x_b = msolve(b)
         x_1 = msolve(valid.astype(dtype))
@@ -144,13 +177,14 @@ def solve_master(
         q, z, lam, best_q, best_gap, it, _ = carry
         u, rd, mu = residuals(q, z, lam)
         # Predictor (affine scaling).
-        dq_a, dz_a, _ = newton(q, z, u, rd, q * z)
+        msolve = factor(q, z, u)
+        dq_a, dz_a, _ = newton(msolve, q, z, rd, q * z)
         s_a = jnp.minimum(max_step(q, dq_a), max_step(z, dz_a))
         mu_a = jnp.sum((q + s_a * dq_a) * (z + s_a * dz_a)) / nv
         sigma = jnp.clip((mu_a / mu) ** 3, 0.0, 1.0)
         # Corrector.
         rc = q * z + dq_a * dz_a - sigma * mu
-        dq, dz, dlam = newton(q, z, u, rd, rc)
+        dq, dz, dlam = newton(msolve, q, z, rd, rc)
         frac = jnp.maximum(0.99, 1.0 - mu)
         s = frac * jnp.minimum(max_step(q, dq), max_step(z, dz))
         q_new = jnp.where(valid, jnp.maximum(q + s * dq, 0.0), 0.0)
