@@ -40,9 +40,12 @@ class SuiteConfig:
     leak_separations: tuple[float, ...] = (1.5, 2.0, 3.0)
     leak_qs: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
     variance_cases: tuple[tuple[float, float], ...] = ((2.0, 0.3), (3.0, 0.5), (1.5, 0.2))
+    nash_qs: tuple[float, ...] = (0.2, 0.5, 0.8)
+    nash_methods: tuple[str, ...] = ("squarem", "active-set")
     finite_ks: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128)
     finite_k_n: int = 101
-    finite_k_rounds: int = 3000
+    finite_k_rounds: int = 1000
+    finite_k_method: str = "auto"
     phase_separations: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
     phase_ks: tuple[int | None, ...] = (2, 4, 16, None)
     phase_qs: tuple[float, ...] = (0.05, 0.2, 0.35, 0.5)
@@ -64,17 +67,20 @@ class SuiteConfig:
             leak_separations=(2.0, 3.0),
             leak_qs=(0.1, 0.3, 0.5),
             variance_cases=((2.0, 0.3),),
-            finite_ks=(4, 16, 64),
-            finite_k_n=41,
+            nash_qs=(0.3,),
+            nash_methods=(),
+            finite_ks=(8, 32),
+            finite_k_n=101,
             finite_k_rounds=1000,
+            finite_k_method="dynamics",
             phase_separations=(0.5, 3.0),
-            phase_ks=(4, None),
+            phase_ks=(None,),
             phase_qs=(0.05, 0.5),
-            phase_n=31,
+            phase_n=101,
             phase_rounds=300,
-            sample_ns=(200, 800, 3200),
+            sample_ns=(300, 3000),
             sample_rounds=3,
-            sample_seeds=4,
+            sample_seeds=8,
             sample_n=41,
             gmm_rounds=3,
             gmm_samples=500,
@@ -108,10 +114,10 @@ def _row(report: theory.TheoremReport) -> dict[str, Any]:
 def section_collapse(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     x, single = two_basin_problem(n=cfg.n, separation=2.0, q=1.0)
     _, two = two_basin_problem(n=cfg.n, separation=2.0, q=0.3)
-    r_single = theory.check_collapse(single, eps=0.1, rounds=min(cfg.rounds, 400))
+    r_single = theory.check_collapse(single, eps=0.1, rounds=cfg.rounds)
     r_two = theory.check_non_collapse(two, eps=0.5, rounds=cfg.rounds)
-    p_single, _ = theory.stable_point(single, rounds=400)
-    p_two, _ = theory.stable_point(two, rounds=cfg.rounds)
+    p_single = trajectory(single.uniform(), single, cfg.rounds)[-1]
+    p_two = trajectory(two.uniform(), two, cfg.rounds)[-1]
     plt = _plt()
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     xs = np.asarray(x)
@@ -165,9 +171,11 @@ def section_leakage(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     return {"rows": rows, "reports": reports, "figure": _save(fig, out, "leakage.png")}
 
 
-def _nash_agreement(problem: CurationProblem, rounds: int) -> dict[str, Any]:
+def _nash_agreement(
+    problem: CurationProblem, rounds: int, methods: tuple[str, ...]
+) -> dict[str, Any]:
     """Stable point of the dynamics vs the Nash solution(s) of the K = inf potential."""
-    p_dyn, info = theory.stable_point(problem, rounds=rounds)
+    p_dyn, info = theory.stable_point(problem, method="dynamics", rounds=rounds, max_chunks=3)
     out: dict[str, Any] = {
         "dynamics": {
             "method": info["method"],
@@ -175,7 +183,7 @@ def _nash_agreement(problem: CurationProblem, rounds: int) -> dict[str, Any]:
             "fw_gap": float(fw_gap(p_dyn, problem)),
         }
     }
-    out |= theory.nash_agreement(problem, p_dyn)
+    out |= theory.nash_agreement(problem, p_dyn, methods=methods)
     return out
 
 
@@ -184,18 +192,24 @@ def section_nash(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     n = cfg.n
     x = np.linspace(-3, 3, n)
     reports, rows = [], []
-    for q in (0.2, 0.5, 0.8):
+    for q in cfg.nash_qs:
         r1 = np.where(x < -1, 0.0, np.where(x > 1, -12.0, -15.0))
         r2 = np.where(x > 1, 0.0, np.where(x < -1, -12.0, -15.0))
         problem = CurationProblem(jnp.stack([jnp.asarray(r1), jnp.asarray(r2)]), jnp.array([q, 1 - q]))
         rep = theory.check_nash_bargaining(problem, eps=0.0, rounds=cfg.rounds)
         reports.append(_row(rep))
-        agree = _nash_agreement(problem, cfg.rounds)
+        agree = _nash_agreement(problem, cfg.rounds, cfg.nash_methods)
         rows.append({"q": q, "a_inf": rep.measured["a_inf"], "agreement": agree})
     _, smooth = two_basin_problem(n=n, separation=2.0, q=0.3)
     rep = theory.check_nash_bargaining(smooth, eps=0.5, rounds=cfg.rounds)
     reports.append(_row(rep))
-    rows.append({"q": 0.3, "smooth_wells": True, "agreement": _nash_agreement(smooth, cfg.rounds)})
+    rows.append(
+        {
+            "q": 0.3,
+            "smooth_wells": True,
+            "agreement": _nash_agreement(smooth, cfg.rounds, cfg.nash_methods),
+        }
+    )
     return {"reports": reports, "rows": rows}
 
 
@@ -247,7 +261,16 @@ def section_ferbach(cfg: SuiteConfig, out: Path, key: Any) -> dict[str, Any]:
 
 def section_finite_k(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     problem = theory.two_well_problem(2.0, 0.3, None, n=cfg.finite_k_n, half_width=3.0)
-    study = theory.finite_k_convergence(problem, cfg.finite_ks, eps=0.25, rounds=cfg.finite_k_rounds)
+    quick_k = cfg.finite_k_method == "dynamics"
+    study = theory.finite_k_convergence(
+        problem,
+        cfg.finite_ks,
+        eps=0.25,
+        rounds=cfg.finite_k_rounds,
+        method=cfg.finite_k_method,
+        max_chunks=2 if quick_k else 10,
+        check_stability=not quick_k,
+    )
     phase = theory.phase_diagram(
         cfg.phase_separations, cfg.phase_ks, cfg.phase_qs, n=cfg.phase_n, rounds=cfg.phase_rounds
     )
@@ -415,13 +438,20 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                     f"{r['a_inf']:.4f} | {r['verdict']} |"
                 )
         if key == "nash":
-            lines += ["", "| problem | method | Phi | FW gap |", "|---|---|---|---|"]
+            lines += [
+                "",
+                "Stable point of the K = inf dynamics vs the Nash bargaining solvers (compared "
+                "through Phi: only u = E p is unique):",
+                "",
+                "| problem | method | Phi | FW gap | result | stability |",
+                "|---|---|---|---|---|---|",
+            ]
             for r in data["rows"]:
                 label = "smooth wells" if r.get("smooth_wells") else f"plateaus q={r['q']:g}"
                 for meth, v in r["agreement"].items():
                     lines.append(
-                        f"| {label} | {meth} ({v.get('method', '')}) | {v['phi']:.12f} | "
-                        f"{v['fw_gap']:.2e} |"
+                        f"| {label} | {v.get('method', meth)} | {v['phi']:.12f} | "
+                        f"{v['fw_gap']:.2e} | {v.get('result', '')} | {v.get('stability', '')} |"
                     )
         if key == "finite_k":
             s = data["study"]

@@ -60,6 +60,32 @@ def _choose(
     return jr.categorical(k_pick, logits, axis=-1)
 
 
+def _kept_histogram(
+    key: PRNGKeyArray,
+    p: Array,
+    problem: CurationProblem,
+    max_samples: int,
+    num_samples: Array,
+) -> Array:
+    """Histogram of the first `num_samples` (traced) of `max_samples` (static) kept samples:
+    one compiled function serves every sample size up to `max_samples`."""
+    ks = _finite_ks(problem.ks)
+    n = problem.size
+    k_max = max(ks)
+    k_cand, k_choose, k_ref, k_refx = jr.split(key, 4)
+    cand = jr.categorical(k_cand, jnp.log(p), shape=(max_samples, k_max))
+    s = problem.scaled_rewards
+    pos = _choose(k_choose, s[:, cand], problem.weights, jnp.array(ks))
+    kept = jnp.take_along_axis(cand, pos[:, None], axis=1)[:, 0]
+    if problem.reference is not None:
+        use_ref = jr.bernoulli(k_ref, problem.reference_weight, (max_samples,))
+        ref = jr.categorical(k_refx, jnp.log(problem.reference), shape=(max_samples,))
+        kept = jnp.where(use_ref, ref, kept)
+    used = (jnp.arange(max_samples) < num_samples).astype(s.dtype)
+    counts = jnp.zeros((n,), s.dtype).at[kept].add(used)
+    return counts / num_samples.astype(s.dtype)
+
+
 @eqx.filter_jit
 def sample_round(
     key: PRNGKeyArray, p: Float[Array, " n"], problem: CurationProblem, num_samples: int
@@ -86,23 +112,27 @@ def sample_round(
         p1 = curax.sample_round(jax.random.key(0), problem.uniform(), problem, 1000)
         ```
     """
-    ks = _finite_ks(problem.ks)
+    _finite_ks(problem.ks)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
     p = prepare_distribution(p, problem)
-    n = problem.size
-    k_max = max(ks)
-    k_cand, k_choose, k_ref, k_refx = jr.split(key, 4)
-    cand = jr.categorical(k_cand, jnp.log(p), shape=(num_samples, k_max))
-    s = problem.scaled_rewards
-    pos = _choose(k_choose, s[:, cand], problem.weights, jnp.array(ks))
-    kept = jnp.take_along_axis(cand, pos[:, None], axis=1)[:, 0]
-    if problem.reference is not None:
-        use_ref = jr.bernoulli(k_ref, problem.reference_weight, (num_samples,))
-        ref = jr.categorical(k_refx, jnp.log(problem.reference), shape=(num_samples,))
-        kept = jnp.where(use_ref, ref, kept)
-    counts = jnp.zeros((n,), s.dtype).at[kept].add(1.0)
-    return counts / num_samples
+    return _kept_histogram(key, p, problem, num_samples, jnp.array(num_samples))
+
+
+def _histogram_run(
+    key: PRNGKeyArray,
+    problem: CurationProblem,
+    rounds: int,
+    max_samples: int,
+    num_samples: Array,
+    p0: Array,
+) -> Array:
+    def body(p, k):
+        p_next = _kept_histogram(k, p, problem, max_samples, num_samples)
+        return p_next, p_next
+
+    _, ps = lax.scan(body, p0, jr.split(key, rounds))
+    return jnp.concatenate([p0[None], ps], axis=0)
 
 
 @eqx.filter_jit
@@ -135,14 +165,11 @@ def simulate_histogram(
     """
     if not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"`rounds` must be a non-negative int, got {rounds!r}.")
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
+    _finite_ks(problem.ks)
     p0 = problem.uniform() if p0 is None else prepare_distribution(p0, problem)
-
-    def body(p, k):
-        p_next = sample_round(k, p, problem, num_samples)
-        return p_next, p_next
-
-    _, ps = lax.scan(body, p0, jr.split(key, rounds))
-    return jnp.concatenate([p0[None], ps], axis=0)
+    return _histogram_run(key, problem, rounds, num_samples, jnp.array(num_samples), p0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,12 +220,19 @@ def sample_size_study(
     A [`curax.SampleSizeStudy`][].
     """
     _finite_ks(problem.ks)
+    if len(num_samples) < 2 or any(not isinstance(v, int) or v < 1 for v in num_samples):
+        raise ValueError(f"`num_samples` must hold at least two positive ints, got {num_samples!r}.")
     p0 = problem.uniform() if p0 is None else prepare_distribution(p0, problem)
     pop = np.asarray(trajectory(p0, problem, rounds))
+    # One compiled simulator for every N: draw max(N) samples, use the first N.
+    run = eqx.filter_jit(
+        jax.vmap(_histogram_run, in_axes=(0, None, None, None, None, None))
+    )
+    n_max = max(num_samples)
     dist, err = [], []
     for i, n_s in enumerate(num_samples):
         keys = jr.split(jr.fold_in(key, i), seeds)
-        ps = np.asarray(jax.vmap(lambda k: simulate_histogram(k, problem, rounds, n_s, p0))(keys))
+        ps = np.asarray(run(keys, problem, rounds, n_max, jnp.array(n_s), p0))
         d = np.abs(ps[:, 1:] - pop[None, 1:]).sum(-1).mean(-1)  # (seeds,)
         dist.append(float(d.mean()))
         err.append(float(d.std(ddof=1) / math.sqrt(seeds)) if seeds > 1 else float("nan"))

@@ -31,6 +31,7 @@ from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from ._maps import curate, growth, potential, trajectory
 from ._problem import CurationProblem
+from ._stability import stability
 
 
 PASS = "pass"
@@ -731,6 +732,32 @@ def _nash_on_mixture(q: float, g1: float, g2: float) -> float:
     return 0.5 * (lo + hi)
 
 
+def _nash_optimize_mixture(
+    problem: CurationProblem, P: list[np.ndarray], q: float
+) -> tuple[float, str]:
+    """Theorem 3.7's bargaining problem solved by [`curax.nash_optimize`][] (L-BFGS) on the
+    mixture family: linear utilities, disagreement `d_1 = U_1(P_2)`, `d_2 = U_2(P_1)`."""
+    from ._nash import BargainingProblem, nash_optimize
+    from ._solution import RESULTS
+
+    r = np.asarray(problem.rewards, np.float64)
+    if not all(np.isclose(Pi.sum(), 1.0) for Pi in P):
+        return float("nan"), "empty basin"
+    d = np.array([P[1] @ r[0], P[0] @ r[1]])
+    bp = BargainingProblem.from_rewards(
+        jnp.asarray(r),
+        jnp.array([q, 1 - q]),
+        utility="linear",
+        disagreement=jnp.asarray(d),
+        family=jnp.asarray(np.stack(P)),
+    )
+    sol = nash_optimize(bp, throw=False)
+    ok = bool(sol.result == RESULTS.successful)
+    return float(np.asarray(sol.stats["mixture_weights"])[0]), (
+        "successful" if ok else RESULTS[sol.result]
+    )
+
+
 def check_nash_bargaining(
     problem: CurationProblem,
     *,
@@ -751,7 +778,8 @@ def check_nash_bargaining(
     within-basin shape of `p0`). Hypotheses: those of Lemma 3.5; positive gains
     `U_1(P_1) > d_1`, `U_2(P_2) > d_2` (Theorem 3.7); *flat* basins (each `r_i` varies by at
     most `flat_tol` on both basins) and *hard separation* (`kappa_i <= hard_tol`) for
-    Corollary 3.8. Predicted: `a* = q` (checked by an independent numerical maximisation)
+    Corollary 3.8. Predicted: `a* = q` (checked by a bisection on the derivative and by
+    [`curax.nash_optimize`][] on the mixture family)
     and `|a_inf - q| <= max(q - a_lo, a_hi - q)`, `||p_inf - p_q||_1 <= 2 max(...) + ` outside
     mass. `rounds`, `max_chunks`: as in [`curax.theory.check_non_collapse`][].
 
@@ -780,6 +808,7 @@ def check_nash_bargaining(
     hypotheses["flat_basins"] = spread_on_basins <= flat_tol
     hypotheses["hard_separation"] = bool(np.all(b.kappas <= hard_tol))
     a_star = _nash_on_mixture(q, g1, g2) if hypotheses["positive_gains"] else float("nan")
+    a_star_opt, opt_result = _nash_optimize_mixture(problem, P, q)
     _, p_end = _limit(problem, p0, rounds, settle=b.masks[0] | b.masks[1], max_chunks=max_chunks)
     a_inf = float(p_end[b.masks[0]].sum())
     lo, hi = values["interval"]
@@ -791,6 +820,7 @@ def check_nash_bargaining(
     # tolerance (it is reported as `outside_mass`).
     consistent = (
         abs(a_star - q) <= 1e-9
+        and (not math.isfinite(a_star_opt) or abs(a_star_opt - q) <= 1e-6)
         and abs(a_inf - q) <= slack + outside + 1e-6
         and dist <= 2 * slack + 2 * outside + 1e-6
     )
@@ -803,6 +833,8 @@ def check_nash_bargaining(
         predicted={"a_star": q, "a_inf_max_deviation": slack, "l1_to_p_q_bound": 2 * slack},
         measured={
             "a_star_numeric": a_star,
+            "a_star_nash_optimize": a_star_opt,
+            "nash_optimize_result": opt_result,
             "a_inf": a_inf,
             "l1_to_p_q": dist,
             "outside_mass": outside,
@@ -917,22 +949,76 @@ def stable_point(
     problem: CurationProblem,
     p0: ArrayLike | None = None,
     *,
+    method: str = "auto",
     rounds: int = 1000,
     max_chunks: int = 10,
     gap_tol: float = 1e-8,
+    max_steps: int = 20000,
 ) -> tuple[Array, dict[str, Any]]:
     """The stable point of the dynamics reached from `p0` (default uniform), with a dict of
-    diagnostics (`method`, `fw_gap` = max growth factor - 1 at the point, `rounds`).
+    diagnostics.
 
-    Runs the dynamics in chunks of `rounds` rounds (at most `max_chunks`) until the growth
-    certificate `max G - 1` is below `gap_tol` (without reference data) — iteration from a
-    full-support start only reaches stable points, which a root finder does not guarantee.
+    **Arguments:**
+
+    - `problem`: a [`curax.CurationProblem`][].
+    - `p0`: a full-support start (default uniform).
+    - `method`: `"active-set"` ([`curax.fixed_point`][] with [`curax.ActiveSetNewton`][]:
+        support identification + Newton, certified by the growth factors; no reference
+        data), `"squarem"` ([`curax.SQUAREM`][] to 1e-10), `"dynamics"` (plain iteration in
+        chunks of `rounds`, at most `max_chunks`, until `max G - 1 <= gap_tol`), or `"auto"`
+        (default: active-set for K = infinity without reference data, else SQUAREM). A solver that does not
+        certify its point is continued by plain dynamics (which from a full-support point
+        only reach stable points) and says so in `info`. Keyword only argument.
+    - `rounds`, `max_chunks`, `gap_tol`: the plain-dynamics settings. Keyword only arguments.
+    - `max_steps`: solver step limit. Keyword only argument.
+
+    **Returns:**
+
+    `(p, info)` with `info["method"]`, `info["result"]` (`"successful"` or the solver's
+    message), `info["fw_gap"]` (max growth factor - 1 at `p`; 0 at a stable point without
+    reference data).
     """
+    from ._fixed_point import fixed_point
+    from ._solution import RESULTS
+    from ._solver import ActiveSetNewton, SQUAREM
+
+    if method not in ("auto", "squarem", "active-set", "dynamics"):
+        raise ValueError(
+            f"`method` must be 'auto', 'squarem', 'active-set' or 'dynamics', got {method!r}."
+        )
     p0 = _start(problem, p0)
-    ps, p = _limit(problem, p0, rounds, gap_tol=gap_tol, max_chunks=max_chunks)
-    gap = float(jnp.max(growth(jnp.asarray(p), problem)) - 1)
-    used = len(ps) - 1
-    return jnp.asarray(p), {"method": f"dynamics ({used} rounds)", "fw_gap": gap, "rounds": used}
+    info: dict[str, Any] = {}
+    if method == "auto":
+        # The active-set solver certifies K = inf points in a few steps; for finite K its
+        # compile time (per K) dominates, and SQUAREM + dynamics is cheaper.
+        method = "active-set" if _no_reference(problem) and _all_k_inf(problem) else "squarem"
+    if method == "active-set" and not _no_reference(problem):
+        method = "squarem"
+    if method in ("squarem", "active-set"):
+        solver = (
+            SQUAREM(rtol=1e-10, atol=1e-12)
+            if method == "squarem"
+            else ActiveSetNewton(rtol=1e-10, atol=1e-12)
+        )
+        sol = fixed_point(curate, solver, p0, problem, max_steps=max_steps, throw=False)
+        ok = bool(sol.result == RESULTS.successful)
+        p = sol.value
+        info = {
+            "method": f"curax.fixed_point({type(solver).__name__})",
+            "result": "successful" if ok else RESULTS[sol.result],
+            "num_steps": int(sol.stats["num_steps"]),
+        }
+        if not ok:
+            # Continue with the dynamics, which from a full-support point only reach stable
+            # points.
+            _, p = _limit(problem, jnp.asarray(p), rounds, gap_tol=gap_tol, max_chunks=max_chunks)
+            info["method"] += " + dynamics"
+    else:
+        ps, p = _limit(problem, p0, rounds, gap_tol=gap_tol, max_chunks=max_chunks)
+        info = {"method": f"dynamics ({len(ps) - 1} rounds)", "result": "successful"}
+    p = jnp.asarray(p)
+    info["fw_gap"] = float(jnp.max(growth(p, problem)) - 1)
+    return p, info
 
 
 def _fit_loglog(xs: np.ndarray, ys: np.ndarray, floor: float = 1e-13) -> float:
@@ -954,8 +1040,10 @@ class FiniteKStudy:
     - `phi_gap`: `Phi(p_inf) - Phi(p_K)` in the K = infinity potential.
     - `basin_mass`: `p_K(S_1)` (two rewards) or nan.
     - `basin_mass_inf`: `p_inf(S_1)`.
-    - `rate`: fitted exponent `c` in `log_u_distance ~ K^c`.
+    - `rate`: fitted exponent `c` in `log_u_distance ~ K^c`, over the K whose stable point
+        has the same shape (two basins / one basin / compromise) as the K = infinity one.
     - `fw_gaps`: certificate of each finite-K point (max growth factor - 1).
+    - `stability`: [`curax.stability`][] verdict of each finite-K point.
     """
 
     ks: list[int]
@@ -965,6 +1053,7 @@ class FiniteKStudy:
     basin_mass_inf: float
     rate: float
     fw_gaps: list[float]
+    stability: list[str]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
@@ -983,7 +1072,10 @@ def finite_k_convergence(
     ks: Sequence[int] = (2, 4, 8, 16, 32, 64),
     *,
     eps: float = 0.5,
-    rounds: int = 2000,
+    rounds: int = 1000,
+    method: str = "auto",
+    max_chunks: int = 10,
+    check_stability: bool = True,
 ) -> FiniteKStudy:
     """Distance between the finite-K stable point and the K = infinity one (the Nash point)
     as K grows, with a fitted power-law rate.
@@ -994,7 +1086,12 @@ def finite_k_convergence(
     - `ks`: the finite K values.
     - `eps`: basin tolerance for the reported basin mass (two rewards). Keyword only
         argument.
-    - `rounds`: rounds used to reach each stable point. Keyword only argument.
+    - `rounds`: rounds per chunk when the dynamics are used. Keyword only argument.
+    - `method`: how stable points are found, see [`curax.theory.stable_point`][]. Keyword
+        only argument.
+    - `max_chunks`: chunk limit of the dynamics. Keyword only argument.
+    - `check_stability`: classify each finite-K point with [`curax.stability`][] (one
+        compilation per K). Keyword only argument.
 
     **Returns:**
 
@@ -1003,7 +1100,7 @@ def finite_k_convergence(
     if len(ks) < 2 or any(not isinstance(k, int) or k < 1 for k in ks):
         raise ValueError(f"`ks` must hold at least two positive ints, got {ks!r}.")
     inf_problem = problem.with_k(None)
-    p_inf, _ = stable_point(inf_problem, rounds=rounds)
+    p_inf, _ = stable_point(inf_problem, method=method, rounds=rounds)
     s = np.asarray(problem.scaled_rewards, np.float64)
     mask = basins(problem, eps).masks[0] if problem.num_rewards == 2 else None
 
@@ -1013,16 +1110,33 @@ def finite_k_convergence(
 
     lu_inf = log_u(np.asarray(p_inf))
     phi_inf = float(np.asarray(problem.weights) @ lu_inf)
-    dist, gaps, masses, certs = [], [], [], []
+    dist, gaps, masses, certs, verdicts, points = [], [], [], [], [], []
     for k in ks:
-        pk, info = stable_point(problem.with_k(k), rounds=rounds)
+        pk, info = stable_point(
+            problem.with_k(k), method=method, rounds=rounds, max_chunks=max_chunks
+        )
         pk = np.asarray(pk)
+        points.append(pk)
         lu = log_u(pk)
         dist.append(float(np.max(np.abs(lu - lu_inf))))
         gaps.append(phi_inf - float(np.asarray(problem.weights) @ lu))
         masses.append(float(pk[mask].sum()) if mask is not None else float("nan"))
         certs.append(info["fw_gap"])
-    rate = _fit_loglog(np.array(ks, np.float64), np.array(dist))
+        verdicts.append(
+            stability(jnp.asarray(pk), problem.with_k(k)).verdict
+            if check_stability
+            else "not checked"
+        )
+    # Fit over the K whose stable point has the K = inf shape (the small-K points can be in
+    # another phase, e.g. one basin, where the distance does not scale).
+    phase_inf = classify_stable_point(p_inf, problem, eps=eps) if mask is not None else ""
+    same = np.array(
+        [classify_stable_point(pk, problem, eps=eps) == phase_inf for pk in points]
+        if mask is not None
+        else [True] * len(ks)
+    )
+    kk = np.array(ks, np.float64)
+    rate = _fit_loglog(kk[same], np.array(dist)[same]) if same.sum() >= 2 else float("nan")
     return FiniteKStudy(
         ks=list(ks),
         log_u_distance=dist,
@@ -1031,6 +1145,7 @@ def finite_k_convergence(
         basin_mass_inf=float(np.asarray(p_inf)[mask].sum()) if mask is not None else float("nan"),
         rate=rate,
         fw_gaps=certs,
+        stability=verdicts,
     )
 
 
@@ -1112,10 +1227,12 @@ def phase_diagram(
     curvature: float = 1.0,
     eps: float = 0.25,
     rounds: int = 1000,
+    method: str = "auto",
 ) -> PhaseDiagram:
     """Phase diagram of the two-well problem ([`curax.theory.two_well_problem`][]): for each
-    (separation, K, q), find the stable point and classify it with
-    [`curax.theory.classify_stable_point`][].
+    (separation, K, q), find the stable point ([`curax.theory.stable_point`][] with
+    `method`, from the uniform start), classify its shape with
+    [`curax.theory.classify_stable_point`][] and its stability with [`curax.stability`][].
 
     **Returns:**
 
@@ -1136,10 +1253,10 @@ def phase_diagram(
                     sep, q, k, n=n, half_width=half_width, curvature=curvature,
                     quadrature_nodes=nodes,
                 )
-                p, info = stable_point(problem, rounds=rounds)
+                p, _ = stable_point(problem, method=method, rounds=rounds)
                 pr.append(classify_stable_point(p, problem, eps=eps))
                 mr.append(float(np.asarray(p)[basins(problem, eps).masks[0]].sum()))
-                sr.append("stable" if info["fw_gap"] <= 1e-3 else "unconverged")
+                sr.append(stability(p, problem).verdict)
             pk_rows.append(pr)
             mk_rows.append(mr)
             sk_rows.append(sr)
@@ -1156,28 +1273,59 @@ def phase_diagram(
     )
 
 
-def nash_agreement(problem: CurationProblem, p_dynamics: ArrayLike) -> dict[str, dict[str, Any]]:
+def nash_agreement(
+    problem: CurationProblem,
+    p_dynamics: ArrayLike,
+    *,
+    methods: Sequence[str] = ("squarem", "active-set"),
+) -> dict[str, dict[str, Any]]:
     """Compare the stable point reached by the dynamics with independent solves of the
-    K = infinity fixed point / Nash problem, through the potential `Phi` and the Frank-Wolfe
-    gap (the stable point is unique only through `u = E p` and `Phi`).
+    K = infinity stable point (the weighted Nash bargaining solution with utilities
+    `E_p[e^{r_i}]`), through the potential `Phi` and the Frank-Wolfe gap (the stable point is
+    unique only through `u = E p` and `Phi`, not `p`).
+
+    **Arguments:**
+
+    - `problem`: a [`curax.CurationProblem`][] (its K is replaced by infinity).
+    - `p_dynamics`: the point the dynamics reached.
+    - `methods`: stable-point solvers to run as well (see [`curax.theory.stable_point`][]).
+        Keyword only argument.
 
     **Returns:**
 
-    `{method: {"phi", "fw_gap", "method", "result"}}` for each independent method available.
+    `{method: {"method", "phi", "fw_gap", "result", "stability"}}` for the dynamics,
+    [`curax.nash_solution`][], [`curax.nash_optimize`][] and each solver in `methods`.
     """
-    from ._fixed_point import fixed_point
-    from ._solver import SQUAREM
-
     inf = problem.with_k(None)
     out: dict[str, dict[str, Any]] = {}
-    sol = fixed_point(
-        curate, SQUAREM(rtol=1e-10, atol=1e-12), inf.uniform(), inf, max_steps=20000, throw=False
-    )
-    out["fixed_point"] = {
-        "method": "curax.fixed_point(SQUAREM)",
-        "phi": float(potential(sol.value, inf)),
-        "fw_gap": float(sol.stats["fw_gap"]),
-        "result": str(sol.result._value),  # pyright: ignore[reportAttributeAccessIssue]
+    p_dyn = jnp.asarray(p_dynamics)
+    out["dynamics"] = {
+        "method": "retraining dynamics",
+        "phi": float(potential(p_dyn, inf)),
+        "fw_gap": float(jnp.max(growth(p_dyn, inf)) - 1),
+        "result": "successful",
+        "stability": stability(p_dyn, inf).verdict,
     }
-    del p_dynamics
+    from ._nash import nash_optimize, nash_solution
+    from ._solution import RESULTS
+
+    for name, solve in (("nash_solution", nash_solution), ("nash_optimize", nash_optimize)):
+        sol = solve(inf, throw=False)
+        ok = bool(sol.result == RESULTS.successful)
+        out[name] = {
+            "method": f"curax.{name}",
+            "phi": float(potential(sol.value, inf)),
+            "fw_gap": float(sol.stats["fw_gap"]),
+            "result": "successful" if ok else RESULTS[sol.result],
+            "stability": stability(sol.value, inf).verdict,
+        }
+    for name in methods:
+        p, info = stable_point(inf, method=name, max_chunks=2)
+        out[name] = {
+            "method": info["method"],
+            "phi": float(potential(p, inf)),
+            "fw_gap": info["fw_gap"],
+            "result": info["result"],
+            "stability": stability(p, inf).verdict,
+        }
     return out

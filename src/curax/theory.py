@@ -19,6 +19,7 @@ from ._theory import (
     classify_stable_point as classify_stable_point,
     contraction_bound as contraction_bound,
     finite_k_convergence as finite_k_convergence,
+    nash_agreement as nash_agreement,
     FiniteKStudy as FiniteKStudy,
     outside_domination as outside_domination,
     phase_diagram as phase_diagram,
