@@ -20,6 +20,7 @@ import pathlib
 import platform
 import time
 
+import curax
 import equinox as eqx
 import jax
 import jax.lax as lax
@@ -27,8 +28,6 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import optimistix as optx
-
-import curax
 from curax._solver.active_set import support_growth_for
 
 
@@ -43,7 +42,11 @@ def random_problem(n: int, m: int, seed: int) -> curax.CurationProblem:
     rows = []
     for _ in range(m):
         c, a = rng.uniform(-2.5, 2.5), rng.uniform(0.5, 3.0)
-        amp, om, ph = rng.uniform(0.1, 0.5), rng.uniform(1.0, 4.0), rng.uniform(0, 2 * np.pi)
+        amp, om, ph = (
+            rng.uniform(0.1, 0.5),
+            rng.uniform(1.0, 4.0),
+            rng.uniform(0, 2 * np.pi),
+        )
         rows.append(-a * (x - c) ** 2 + amp * np.sin(om * x + ph))
     weights = rng.dirichlet(np.ones(m))
     return curax.CurationProblem(jnp.asarray(np.stack(rows)), jnp.asarray(weights))
@@ -92,7 +95,9 @@ def run_monitored(name, solver, chunk, problem, budget, max_evals):
             y, state, steps, done = carry
             y2, s2, _ = solver.step(fn, y, problem, options, state, tags)
             term, _ = solver.terminate(fn, y, problem, options, s2, tags)
-            y2, s2 = jtu.tree_map(lambda a, b: jnp.where(done, a, b), (y, state), (y2, s2))
+            y2, s2 = jtu.tree_map(
+                lambda a, b: jnp.where(done, a, b), (y, state), (y2, s2)
+            )
             steps2 = jnp.where(done, steps, steps + 1)
             gap = curax.fw_gap(y2, problem)
             evals = _counted(solver, s2, steps2)
@@ -172,7 +177,9 @@ def batch_bench(batch: int, n: int):
 
     def solve(w):
         problem = curax.CurationProblem(base.rewards, w)
-        return curax.fixed_point(curax.curate, solver, problem.uniform(), problem, throw=False)
+        return curax.fixed_point(
+            curax.curate, solver, problem.uniform(), problem, throw=False
+        )
 
     run = eqx.filter_jit(jax.vmap(solve))
     t0 = time.perf_counter()
@@ -201,8 +208,12 @@ def batch_bench(batch: int, n: int):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="small sizes, short budgets")
-    parser.add_argument("--budget", type=float, default=None, help="seconds per solver run")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, short budgets"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=None, help="seconds per solver run"
+    )
     args = parser.parse_args()
     quick = args.quick
     budget = args.budget if args.budget is not None else (3.0 if quick else 15.0)
@@ -212,7 +223,10 @@ def main():
     problems = {
         f"two-basin n={n_basin} K=inf": (basin, 10**6),
         f"random m=8 n={n_random} K=inf": (random_problem(n_random, 8, 0), 10**6),
-        f"two-basin n={n_basin} K=4": (curax.two_basin_problem(n=n_basin, q=0.3, k=4)[1], 10**5),
+        f"two-basin n={n_basin} K=4": (
+            curax.two_basin_problem(n=n_basin, q=0.3, k=4)[1],
+            10**5,
+        ),
         f"two-basin n={n_basin} K=64": (
             curax.two_basin_problem(n=n_basin, q=0.3, k=64)[1],
             10**5,
@@ -260,9 +274,14 @@ def markdown(results) -> str:
     for pname, pr in results["problems"].items():
         runs = pr["runs"]
         base = runs[0]
-        lines += [f"### {pname}", "", "| solver | " + " | ".join(
-            f"gap {t:g}: evals (s) | ratio" for t in TARGETS
-        ) + " | best gap |", "|---" * (2 + 2 * len(TARGETS)) + "|"]
+        lines += [
+            f"### {pname}",
+            "",
+            "| solver | "
+            + " | ".join(f"gap {t:g}: evals (s) | ratio" for t in TARGETS)
+            + " | best gap |",
+            "|---" * (2 + 2 * len(TARGETS)) + "|",
+        ]
         for r in runs:
             cells = []
             for t in TARGETS:
@@ -276,7 +295,9 @@ def markdown(results) -> str:
                     cells.append(f"{bhit['evals'] / max(hit['evals'], 1):.3g}")
                 else:
                     cells.append(f">{base['evals'] / max(hit['evals'], 1):.3g}")
-            lines.append(f"| {r['solver']} | " + " | ".join(cells) + f" | {r['best_gap']:.1e} |")
+            lines.append(
+                f"| {r['solver']} | " + " | ".join(cells) + f" | {r['best_gap']:.1e} |"
+            )
         e = pr["active_set_end_to_end"]
         lines += [
             "",

@@ -2,14 +2,13 @@
 the exact Nash solver, brute-force enumeration of the finite-K map), certificates, result
 codes of the failure paths, optimistix interoperability and vmap."""
 
+import curax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 import pytest
-
-import curax
 
 from .helpers import brute_force_curate, brute_force_growth
 
@@ -26,8 +25,9 @@ def nash_problem():
 
 @pytest.fixture(scope="module")
 def nash_solution(nash_problem):
-    return curax.fixed_point(curax.curate, curax.ActiveSetNewton(), nash_problem.uniform(),
-                             nash_problem)
+    return curax.fixed_point(
+        curax.curate, curax.ActiveSetNewton(), nash_problem.uniform(), nash_problem
+    )
 
 
 def test_active_set_nash_point_certified(nash_problem, nash_solution):
@@ -35,7 +35,10 @@ def test_active_set_nash_point_certified(nash_problem, nash_solution):
     assert sol.result == curax.RESULTS.successful
     # The certificate, recomputed independently of the solver's own stats.
     assert float(curax.fw_gap(sol.value, nash_problem)) <= 1e-10
-    assert float(jnp.max(jnp.abs(curax.curate(sol.value, nash_problem) - sol.value))) <= 1e-12
+    assert (
+        float(jnp.max(jnp.abs(curax.curate(sol.value, nash_problem) - sol.value)))
+        <= 1e-12
+    )
     assert int(sol.stats["num_map_evals"]) <= 40
     assert float(sol.stats["fw_gap"]) <= 1e-10
     # Generically at most m = 2 atoms (Caratheodory).
@@ -44,7 +47,10 @@ def test_active_set_nash_point_certified(nash_problem, nash_solution):
 
 def test_active_set_agrees_with_squarem_and_nash_solver(nash_problem, nash_solution):
     squarem = curax.fixed_point(
-        curax.curate, curax.SQUAREM(1e-11, 1e-11), nash_problem.uniform(), nash_problem,
+        curax.curate,
+        curax.SQUAREM(1e-11, 1e-11),
+        nash_problem.uniform(),
+        nash_problem,
         max_steps=20_000,
     )
     phi_asn = curax.potential(nash_solution.value, nash_problem)
@@ -64,14 +70,21 @@ def test_optimistix_interop(nash_problem):
     solver = curax.SQUAREM(rtol=1e-9, atol=1e-9)
     p0 = nash_problem.uniform()
     ours = curax.fixed_point(curax.curate, solver, p0, nash_problem, max_steps=20_000)
-    theirs = optx.fixed_point(curax.curate, solver, p0, args=nash_problem, max_steps=20_000)
+    theirs = optx.fixed_point(
+        curax.curate, solver, p0, args=nash_problem, max_steps=20_000
+    )
     assert theirs.result == optx.RESULTS.successful
     # Same iterates up to rounding (curax.fixed_point renormalises y0 onto the simplex).
     assert jnp.allclose(ours.value, theirs.value, rtol=0, atol=1e-12)
     assert int(ours.stats["num_steps"]) == int(theirs.stats["num_steps"])
     # And an optimistix solver runs under curax.fixed_point, with curax's certificates.
-    sol = curax.fixed_point(curax.curate, optx.FixedPointIteration(1e-3, 1e-3), p0,
-                            nash_problem, throw=False)
+    sol = curax.fixed_point(
+        curax.curate,
+        optx.FixedPointIteration(1e-3, 1e-3),
+        p0,
+        nash_problem,
+        throw=False,
+    )
     assert int(sol.stats["num_map_evals"]) == int(sol.stats["num_steps"])
     assert "fw_gap" in sol.stats
 
@@ -81,10 +94,14 @@ def test_active_set_finite_k_against_enumeration():
     # Finite K has no potential: the stable point must be found by the solver, and checked
     # against brute-force enumeration of the K-tuples (independent of the quadrature).
     x = curax.grid_1d(-1.5, 1.5, 13)
-    rewards = jnp.stack([curax.quadratic_reward(x, -0.75, 4.0), curax.quadratic_reward(x, 0.75, 4.0)])
+    rewards = jnp.stack(
+        [curax.quadratic_reward(x, -0.75, 4.0), curax.quadratic_reward(x, 0.75, 4.0)]
+    )
     weights = jnp.array([0.4, 0.6])
     problem = curax.CurationProblem(rewards, weights, k)
-    sol = curax.fixed_point(curax.curate, curax.ActiveSetNewton(), problem.uniform(), problem)
+    sol = curax.fixed_point(
+        curax.curate, curax.ActiveSetNewton(), problem.uniform(), problem
+    )
     assert sol.result == curax.RESULTS.successful
     assert float(sol.stats["residual"]) <= 1e-12
     assert int(sol.stats["num_map_evals"]) <= 60
@@ -112,7 +129,9 @@ SOLVERS = (
 
 @pytest.fixture(scope="module")
 def reference_problem():
-    _, problem = curax.two_basin_problem(n=N, q=0.3, k=3, reference_weight=0.25, curvature=1.0)
+    _, problem = curax.two_basin_problem(
+        n=N, q=0.3, k=3, reference_weight=0.25, curvature=1.0
+    )
     return problem
 
 
@@ -131,9 +150,16 @@ def reference_point(reference_problem):
 
 
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: type(s).__name__)
-def test_every_solver_finds_interior_fixed_point(solver, reference_problem, reference_point):
-    sol = curax.fixed_point(curax.curate, solver, reference_problem.uniform(),
-                            reference_problem, max_steps=20_000)
+def test_every_solver_finds_interior_fixed_point(
+    solver, reference_problem, reference_point
+):
+    sol = curax.fixed_point(
+        curax.curate,
+        solver,
+        reference_problem.uniform(),
+        reference_problem,
+        max_steps=20_000,
+    )
     assert sol.result == curax.RESULTS.successful
     assert float(sol.stats["residual"]) <= 1e-11
     assert jnp.allclose(sol.value, reference_point, rtol=0, atol=1e-10)
@@ -142,41 +168,61 @@ def test_every_solver_finds_interior_fixed_point(solver, reference_problem, refe
 
 
 def test_max_steps_reached(nash_problem):
-    sol = curax.fixed_point(curax.curate, curax.PlainIteration(1e-12, 1e-12),
-                            nash_problem.uniform(), nash_problem, max_steps=5, throw=False)
+    sol = curax.fixed_point(
+        curax.curate,
+        curax.PlainIteration(1e-12, 1e-12),
+        nash_problem.uniform(),
+        nash_problem,
+        max_steps=5,
+        throw=False,
+    )
     assert sol.result == curax.RESULTS.nonlinear_max_steps_reached
     assert int(sol.stats["num_map_evals"]) == 5
     with pytest.raises(Exception, match="maximum number of steps"):
-        curax.fixed_point(curax.curate, curax.PlainIteration(1e-12, 1e-12),
-                          nash_problem.uniform(), nash_problem, max_steps=5)
+        curax.fixed_point(
+            curax.curate,
+            curax.PlainIteration(1e-12, 1e-12),
+            nash_problem.uniform(),
+            nash_problem,
+            max_steps=5,
+        )
 
 
 def test_newton_krylov_spurious_point_flagged(nash_problem):
     # Started near a vertex, Newton converges to a fixed point on a face that is not stable.
     n = nash_problem.size
     p0 = 0.97 * jnp.zeros(n).at[n // 4].set(1.0) + 0.03 / n
-    sol = curax.fixed_point(curax.curate, curax.NewtonKrylov(1e-10, 1e-10), p0, nash_problem,
-                            throw=False)
+    sol = curax.fixed_point(
+        curax.curate, curax.NewtonKrylov(1e-10, 1e-10), p0, nash_problem, throw=False
+    )
     assert sol.result == curax.RESULTS.unstable_fixed_point
     assert float(sol.stats["residual"]) <= 1e-9
     assert float(sol.stats["fw_gap"]) > 1e-3
     assert curax.stability(sol.value, nash_problem).verdict == "unstable"
     with pytest.raises(Exception, match="not stable"):
-        curax.fixed_point(curax.curate, curax.NewtonKrylov(1e-10, 1e-10), p0, nash_problem)
+        curax.fixed_point(
+            curax.curate, curax.NewtonKrylov(1e-10, 1e-10), p0, nash_problem
+        )
 
 
 def test_vertex_start_is_spurious(nash_problem):
     # A vertex is a fixed point of every replicator map; a solver started there stays there.
     p0 = jnp.zeros(nash_problem.size).at[3].set(1.0)
-    sol = curax.fixed_point(curax.curate, curax.SQUAREM(1e-10, 1e-10), p0, nash_problem,
-                            throw=False)
+    sol = curax.fixed_point(
+        curax.curate, curax.SQUAREM(1e-10, 1e-10), p0, nash_problem, throw=False
+    )
     assert sol.result == curax.RESULTS.unstable_fixed_point
 
 
 def test_loose_tolerance_is_not_called_unstable(nash_problem):
     # Stopped early with mass still growing at G > 1: the certificate failed, nothing more.
-    sol = curax.fixed_point(curax.curate, curax.PlainIteration(1e-3, 1e-3),
-                            nash_problem.uniform(), nash_problem, throw=False)
+    sol = curax.fixed_point(
+        curax.curate,
+        curax.PlainIteration(1e-3, 1e-3),
+        nash_problem.uniform(),
+        nash_problem,
+        throw=False,
+    )
     assert sol.result == curax.RESULTS.certificate_failed
 
 
@@ -187,21 +233,35 @@ def test_stall_reported():
     p0 = jnp.array([0.7, 0.3])
     sol = curax.fixed_point(fn, curax.SQUAREM(0.0, 1e-30, patience=8), p0, throw=False)
     assert sol.result in (curax.RESULTS.stalled, curax.RESULTS.successful)
-    fn2 = lambda p, args: jnp.array([0.5 + 0.4 * jnp.sin(40 * p[0]), 0.5 - 0.4 * jnp.sin(40 * p[0])])
-    sol = curax.fixed_point(fn2, curax.NewtonKrylov(0.0, 1e-30, patience=4), p0, throw=False)
+    fn2 = lambda p, args: jnp.array(
+        [0.5 + 0.4 * jnp.sin(40 * p[0]), 0.5 - 0.4 * jnp.sin(40 * p[0])]
+    )
+    sol = curax.fixed_point(
+        fn2, curax.NewtonKrylov(0.0, 1e-30, patience=4), p0, throw=False
+    )
     assert sol.result in (curax.RESULTS.stalled, curax.RESULTS.successful)
     assert "fw_gap" not in sol.stats  # not a replicator map
 
 
 def test_bad_inputs(nash_problem):
     with pytest.raises(ValueError, match="y0"):
-        curax.fixed_point(curax.curate, curax.SQUAREM(1e-8, 1e-8), jnp.ones((2, 3)), nash_problem)
+        curax.fixed_point(
+            curax.curate, curax.SQUAREM(1e-8, 1e-8), jnp.ones((2, 3)), nash_problem
+        )
     with pytest.raises(ValueError, match="y0"):
-        curax.fixed_point(curax.curate, curax.SQUAREM(1e-8, 1e-8),
-                          jnp.full(nash_problem.size, 0.5), nash_problem)
+        curax.fixed_point(
+            curax.curate,
+            curax.SQUAREM(1e-8, 1e-8),
+            jnp.full(nash_problem.size, 0.5),
+            nash_problem,
+        )
     with pytest.raises(ValueError, match="growth factor"):
-        optx.fixed_point(curax.curate, curax.ActiveSetNewton(), nash_problem.uniform(),
-                         args=nash_problem)
+        optx.fixed_point(
+            curax.curate,
+            curax.ActiveSetNewton(),
+            nash_problem.uniform(),
+            args=nash_problem,
+        )
     with pytest.raises(ValueError, match="damp"):
         curax.DampedIteration(1e-8, 1e-8, damp=1.5)
 
@@ -209,21 +269,31 @@ def test_bad_inputs(nash_problem):
 def test_user_replicator_map_and_growth(nash_problem):
     """A user's own growth factor (the K = infinity map written by hand), through
     curax.ReplicatorMap and through ActiveSetNewton(growth=...)."""
-    w = jnp.exp(nash_problem.rewards - jnp.max(nash_problem.rewards, axis=1, keepdims=True))
+    w = jnp.exp(
+        nash_problem.rewards - jnp.max(nash_problem.rewards, axis=1, keepdims=True)
+    )
     alpha = nash_problem.weights
 
     def growth(p, args):
         return args.T @ (alpha / (args @ p))
 
     fn = curax.ReplicatorMap(growth)
-    sol = curax.fixed_point(fn, curax.ActiveSetNewton(), jnp.full(w.shape[1], 1 / w.shape[1]), w)
+    sol = curax.fixed_point(
+        fn, curax.ActiveSetNewton(), jnp.full(w.shape[1], 1 / w.shape[1]), w
+    )
     assert float(sol.stats["fw_gap"]) <= 1e-10
-    ref = curax.fixed_point(curax.curate, curax.ActiveSetNewton(), nash_problem.uniform(), nash_problem)
-    assert abs(float(curax.potential(sol.value, nash_problem) - curax.potential(ref.value, nash_problem))) <= 1e-12
-    plain_fn = lambda p, args: p * growth(p, args)
-    sol2 = optx.fixed_point(plain_fn, curax.ActiveSetNewton(growth=growth),
-                            jnp.full(w.shape[1], 1 / w.shape[1]), args=w)
-    assert abs(float(curax.potential(sol2.value, nash_problem) - curax.potential(ref.value, nash_problem))) <= 1e-12
+    ref = curax.fixed_point(
+        curax.curate, curax.ActiveSetNewton(), nash_problem.uniform(), nash_problem
+    )
+    assert (
+        abs(
+            float(
+                curax.potential(sol.value, nash_problem)
+                - curax.potential(ref.value, nash_problem)
+            )
+        )
+        <= 1e-12
+    )
 
 
 def test_vmap_batch_matches_unbatched():
@@ -234,8 +304,13 @@ def test_vmap_batch_matches_unbatched():
 
     def solve(w):
         problem = curax.CurationProblem(base.rewards, w)
-        return curax.fixed_point(curax.curate, curax.ActiveSetNewton(max_support=40),
-                                 problem.uniform(), problem, throw=False)
+        return curax.fixed_point(
+            curax.curate,
+            curax.ActiveSetNewton(max_support=40),
+            problem.uniform(),
+            problem,
+            throw=False,
+        )
 
     batched = eqx.filter_jit(jax.vmap(solve))(weights)
     assert bool(jnp.all(batched.result == curax.RESULTS.successful))

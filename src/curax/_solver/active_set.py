@@ -2,7 +2,6 @@ import abc
 from collections.abc import Callable
 from typing import Any
 
-
 import equinox as eqx
 import jax
 import jax.lax as lax
@@ -140,14 +139,18 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
                 f"= {self.num_add * len(self.stencil)}."
             )
         if 0 not in self.stencil:
-            raise ValueError("`stencil` must contain the offset 0 (the picked point itself).")
+            raise ValueError(
+                "`stencil` must contain the offset 0 (the picked point itself)."
+            )
 
     @property
     def fallback(self) -> NewtonKrylov:
         """The solver used on maps with reference data (full support)."""
         return NewtonKrylov(rtol=self.rtol, atol=self.atol, norm=self.norm)
 
-    def _growths(self, options: dict[str, Any]) -> tuple[Callable, AbstractSupportGrowth]:
+    def _growths(
+        self, options: dict[str, Any]
+    ) -> tuple[Callable, AbstractSupportGrowth]:
         growth = self.growth if self.growth is not None else options.get("growth")
         if growth is None:
             raise ValueError(
@@ -196,7 +199,9 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
         growth, _ = self._growths(options)
         slots = self.max_support
         if y.ndim != 1:
-            raise ValueError("`curax.ActiveSetNewton` needs a distribution `y0` of shape (n,).")
+            raise ValueError(
+                "`curax.ActiveSetNewton` needs a distribution `y0` of shape (n,)."
+            )
         g = growth(y, args)
         idx = jnp.zeros((slots,), jnp.int32)
         q = jnp.zeros((slots,), y.dtype)
@@ -267,13 +272,19 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
                 return dq, dz, dlam
 
             def max_step(x, dx):
-                ratio = jnp.where(a & (dx < 0), -x / jnp.where(dx < 0, dx, -1.0), jnp.inf)
+                ratio = jnp.where(
+                    a & (dx < 0), -x / jnp.where(dx < 0, dx, -1.0), jnp.inf
+                )
                 return jnp.minimum(1.0, 0.995 * jnp.min(ratio))
 
             dq, dz, _ = direction(jnp.zeros_like(qq))
             alpha_aff = jnp.minimum(max_step(qq, dq), max_step(zz, dz))
-            mu_aff = jnp.sum(jnp.where(a, (qq + alpha_aff * dq) * (zz + alpha_aff * dz), 0.0))
-            sigma = jnp.clip((mu_aff / num_active / jnp.maximum(mu, 1e-300)) ** 3, 0.0, 1.0)
+            mu_aff = jnp.sum(
+                jnp.where(a, (qq + alpha_aff * dq) * (zz + alpha_aff * dz), 0.0)
+            )
+            sigma = jnp.clip(
+                (mu_aff / num_active / jnp.maximum(mu, 1e-300)) ** 3, 0.0, 1.0
+            )
             dq, dz, dlam = direction(sigma * mu)
             alpha = jnp.minimum(max_step(qq, dq), max_step(zz, dz))
             qn = jnp.where(a, qq + alpha * dq, 0.0)
@@ -287,9 +298,15 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
                 & (jnp.abs(r_p) <= tol)
                 & (jnp.max(comp) <= tol * 1e-2)
             )
-            ok = jnp.all(jnp.isfinite(qn)) & jnp.all(jnp.isfinite(zn)) & jnp.isfinite(lamn)
+            ok = (
+                jnp.all(jnp.isfinite(qn))
+                & jnp.all(jnp.isfinite(zn))
+                & jnp.isfinite(lamn)
+            )
             qn, zn, lamn, gn = jax.tree.map(
-                lambda new, old: jnp.where(ok, new, old), (qn, zn, lamn, gn), (qq, zz, lam, g)
+                lambda new, old: jnp.where(ok, new, old),
+                (qn, zn, lamn, gn),
+                (qq, zz, lam, g),
             )
             return i + 1, qn, zn, lamn, gn, done | ~ok
 
@@ -308,7 +325,9 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             qq, lam = carry
             g = gs(qq)
             jac = jnp.where(keep[:, None] & keep[None, :], jax.jacfwd(gs)(qq), 0.0)
-            res = jnp.concatenate([jnp.where(keep, g - lam, 0.0), (jnp.sum(qq) - 1)[None]])
+            res = jnp.concatenate(
+                [jnp.where(keep, g - lam, 0.0), (jnp.sum(qq) - 1)[None]]
+            )
             mat = jnp.zeros((s + 1, s + 1), dtype)
             mat = mat.at[:s, :s].set(jac + jnp.diag(1.0 - kf))
             mat = mat.at[:s, s].set(-kf)
@@ -319,7 +338,8 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             gn = gs(qn)
             old = jnp.max(jnp.abs(res))
             new = jnp.maximum(
-                jnp.max(jnp.abs(jnp.where(keep, gn - lamn, 0.0))), jnp.abs(jnp.sum(qn) - 1)
+                jnp.max(jnp.abs(jnp.where(keep, gn - lamn, 0.0))),
+                jnp.abs(jnp.sum(qn) - 1),
             )
             good = jnp.all(qn >= 0) & (new < old) & jnp.isfinite(new)
             return (jnp.where(good, qn, qq), jnp.where(good, lamn, lam)), None

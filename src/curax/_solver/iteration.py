@@ -28,7 +28,9 @@ def _step(solver: Any, damp: Any, fn, y, args, state: _IterationState):
     # removes rounding drift, which the finite-K map would amplify (design notes, section 7).
     new_y = to_simplex((1 - damp) * fy + damp * y)
     error = scaled_error(y, fy, solver.rtol, solver.atol, solver.norm)
-    new_state = _IterationState(error, state.tracker.update(error), state.num_map_evals + 1)
+    new_state = _IterationState(
+        error, state.tracker.update(error), state.num_map_evals + 1
+    )
     return new_y, new_state, aux
 
 

@@ -51,10 +51,15 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
     max_backtracks: int = 5
     patience: int = 32
 
-    def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> _NewtonKrylovState:
+    def init(
+        self, fn, y, args, options, f_struct, aux_struct, tags
+    ) -> _NewtonKrylovState:
         del fn, args, options, f_struct, aux_struct, tags
         return _NewtonKrylovState(
-            jnp.array(jnp.inf, y.dtype), StallTracker.init(y.dtype), jnp.array(0), jnp.array(False)
+            jnp.array(jnp.inf, y.dtype),
+            StallTracker.init(y.dtype),
+            jnp.array(0),
+            jnp.array(False),
         )
 
     def step(self, fn, y, args, options, state, tags):
@@ -76,8 +81,12 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
             v = project(v)
             return project(lin(v) - v)
 
-        operator = lx.FunctionLinearOperator(matvec, jax.ShapeDtypeStruct(y.shape, y.dtype))
-        lin_sol = lx.linear_solve(operator, -project(res0), self.linear_solver, throw=False)
+        operator = lx.FunctionLinearOperator(
+            matvec, jax.ShapeDtypeStruct(y.shape, y.dtype)
+        )
+        lin_sol = lx.linear_solve(
+            operator, -project(res0), self.linear_solver, throw=False
+        )
         # (A failed or inexact Krylov solve is not fatal: the line search judges the step.)
         direction = project(lin_sol.value)
         direction = jnp.where(jnp.all(jnp.isfinite(direction)), direction, -res0)
@@ -89,7 +98,9 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
         # Fraction to the boundary: the step never zeroes a point's mass outright (that
         # distorts the iterate and, for a replicator map, cannot be undone); points still
         # head geometrically towards zero if the Newton direction says so.
-        ratio = jnp.where(direction < 0, y / jnp.where(direction < 0, -direction, 1.0), jnp.inf)
+        ratio = jnp.where(
+            direction < 0, y / jnp.where(direction < 0, -direction, 1.0), jnp.inf
+        )
         t_max = jnp.minimum(1.0, 0.99 * jnp.min(ratio))
         # A step cut short by the boundary is no Newton step: go straight to the fallback.
         usable = t_max >= 0.05
@@ -115,7 +126,9 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
             )
 
         num_ls, best, best_r, _, accepted = lax.while_loop(
-            ls_cond, ls_body, (jnp.array(0), y, jnp.array(jnp.inf, y.dtype), norm0, jnp.array(False))
+            ls_cond,
+            ls_body,
+            (jnp.array(0), y, jnp.array(jnp.inf, y.dtype), norm0, jnp.array(False)),
         )
         # Globalisation: if no step length decreases the residual (far from the fixed point
         # the Newton direction can be poor), take the plain step f(p). Persistent failure

@@ -98,16 +98,23 @@ class SQUAREM(optx.AbstractFixedPointSolver[Array, Aux, _SquaremState]):
         alpha = -rn / jnp.where(vn > 0, vn, 1.0)
         alpha = jnp.clip(jnp.where(vn > 0, alpha, -1.0), -state.step_max, -1.0)
         p_ext = log_extrapolate(p0, p1, p2, alpha)
+        # Never hand a non-finite point to the map (its validation would raise).
+        ext_ok = jnp.all(jnp.isfinite(p_ext)) & (jnp.sum(p_ext) > 0)
+        p_ext = jnp.where(ext_ok, p_ext, p2)
         p_new, aux_new = fn(p_ext, args)
         p_new = to_simplex(p_new)
         res_ext = jnp.max(jnp.abs(p_new - p_ext))
         res_plain = jnp.max(jnp.abs(p2 - p1))
-        accept = jnp.all(jnp.isfinite(p_new)) & (res_ext <= res_plain)
+        accept = ext_ok & jnp.all(jnp.isfinite(p_new)) & (res_ext <= res_plain)
         new_y = jnp.where(accept, p_new, p2)
         aux = jtu.tree_map(lambda a, b: jnp.where(accept, a, b), aux_new, aux)
         step_max = jnp.where(
             accept,
-            jnp.where(alpha <= -state.step_max, state.step_max * self.step_factor, state.step_max),
+            jnp.where(
+                alpha <= -state.step_max,
+                state.step_max * self.step_factor,
+                state.step_max,
+            ),
             1.0,
         )
         new_state = _SquaremState(
