@@ -395,6 +395,7 @@ def nash_solution(
         tol=float(tol),
         max_passes=max_passes,
         multilevel=bool(multilevel),
+        check_sign=problem.utility != "exp",
     )
     stats = dict(stats)
     stats.update(
@@ -421,6 +422,7 @@ def _nash_solution_core(
     tol: float,
     max_passes: int,
     multilevel: bool,
+    check_sign: bool,
 ):
     utilities = e
     e = check_value(
@@ -429,18 +431,20 @@ def _nash_solution_core(
         "`nash_solution` solves disagreement point 0; use `curax.nash_optimize` for another "
         "disagreement point.",
     )
-    e = check_value(
-        e,
-        jnp.any(e < 0),
-        "`nash_solution` needs non-negative utilities (log u must be defined); shift linear "
-        "rewards or use `curax.nash_optimize`.",
-    )
+    if check_sign:
+        # (Skipped for exp utilities, positive by construction: this check is a read of E.)
+        e = check_value(
+            e,
+            jnp.any(e < 0),
+            "`nash_solution` needs non-negative utilities (log u must be defined); shift "
+            "linear rewards or use `curax.nash_optimize`.",
+        )
     if family is not None:
         e = e @ family.T
         anchors = jnp.argmax(e, axis=1)
-    # A utility with positive weight that is 0 on every column: no feasible point has all
-    # utilities above the disagreement point 0.
-    infeasible = jnp.any((alpha > 0) & (jnp.max(e, axis=1) <= 0))
+    # A utility with positive weight that is 0 on every column (its maximum, at the anchor,
+    # is 0): no feasible point has all utilities above the disagreement point 0.
+    infeasible = jnp.any((alpha > 0) & (e[jnp.arange(e.shape[0]), anchors] <= 0))
     res = solve_nash(
         e,
         alpha,
@@ -453,7 +457,9 @@ def _nash_solution_core(
     p = res.p
     if family is not None:
         p = p @ family
-    u = utilities @ p
+        u = utilities @ p
+    else:
+        u = res.u  # = E p on the active columns: no extra read of E
     ok = alpha > 0
     safe_u = jnp.where(u > 0, u, 1.0)
     log_u = jnp.where(u > 0, jnp.log(safe_u), -jnp.inf) + log_scale

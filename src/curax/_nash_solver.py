@@ -218,12 +218,15 @@ def solve_master(
 def _local_maxima(g: Array, shape: tuple[int, ...]) -> Array:
     """Mask of grid points whose g is >= every neighbour's (column order when `shape` is
     `(n,)`; the 8-neighbourhood in 2-D)."""
+    if len(shape) == 1:
+        # Shifted copies by concatenation fuse into one loop (a padded copy does not).
+        ninf = jnp.full((1,), -jnp.inf, g.dtype)
+        left = jnp.concatenate([ninf, g[:-1]])
+        right = jnp.concatenate([g[1:], ninf])
+        return (g >= left) & (g >= right)
     x = g.reshape(shape)
     ok = jnp.ones(shape, bool)
-    nd = len(shape)
-    neighbours = [(d,) for d in (-1, 1)] if nd == 1 else [
-        (a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)
-    ]
+    neighbours = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)]
     padded = jnp.pad(x, 1, constant_values=-jnp.inf)
     for off in neighbours:
         sl = tuple(slice(1 + o, 1 + o + s) for o, s in zip(off, shape))
@@ -233,19 +236,22 @@ def _local_maxima(g: Array, shape: tuple[int, ...]) -> Array:
 
 def _top_candidates(score: Array, count: int) -> tuple[Array, Array]:
     """Indices of up to `count` large entries of `score` (at most one per tile of 256), and
-    whether each is a real candidate (score > -inf)."""
+    whether each is a real candidate (score > -inf). Tile maxima, the top tiles, then the
+    argmax inside those tiles only: a global top_k over n is a full sort on CPU, and an
+    argmax over every tile costs several times a read of E."""
     n = score.shape[0]
     tile = min(_TILE, n)
     nt = -(-n // tile)
-    padded = jnp.pad(score, (0, nt * tile - n), constant_values=-jnp.inf).reshape(nt, tile)
-    tmax = jnp.max(padded, axis=1)
-    targ = jnp.argmax(padded, axis=1)
+    if nt * tile != n:
+        score = jnp.pad(score, (0, nt * tile - n), constant_values=-jnp.inf)
+    tiles2d = score.reshape(nt, tile)
+    tmax = jnp.max(tiles2d, axis=1)
     if nt < count:
         tmax = jnp.pad(tmax, (0, count - nt), constant_values=-jnp.inf)
-        targ = jnp.pad(targ, (0, count - nt))
     vals, tiles = lax.top_k(tmax, count)
-    tiles = tiles.astype(targ.dtype)
-    idx = jnp.minimum(tiles * tile + targ[tiles], n - 1)
+    tiles = jnp.minimum(tiles, nt - 1)
+    inner = jnp.argmax(tiles2d[tiles], axis=1)
+    idx = jnp.minimum(tiles.astype(inner.dtype) * tile + inner, n - 1)
     return idx, vals > -jnp.inf
 
 
@@ -284,6 +290,7 @@ class _LevelState(eqx.Module):
     idx: Int[Array, " k"]
     q: Float[Array, " k"]
     u: Float[Array, " m"]
+    g: Float[Array, " n"]
     gap: Float[Array, ""]
     passes: Int[Array, ""]
     master_iters: Int[Array, ""]
@@ -301,24 +308,25 @@ def _column_generation(
     stencil: bool,
     tol: float,
     max_passes: int,
-    first_pass_alpha: bool,
 ) -> _LevelState:
     """Fully corrective column generation on one level. Slot layout: `keep` slots for the
-    current support (smallest weights evicted), then `candidates * stencil` new columns."""
+    current support (smallest weights evicted), then `candidates * stencil` new columns.
+
+    Each pass (one read of E) forms `g` at the current iterate; the gap `max g - 1` belongs
+    to the returned iterate. `g` is carried in the loop state so that nothing reads `E`
+    after the loop (XLA would copy the loop-carried `E`, ~2 reads, to use it afterwards).
+    """
     m, n = e.shape
-    dtype = e.dtype
     nstencil = len(_stencil_offsets(len(shape) if stencil else 0))
     k = keep + candidates * nstencil
 
-    # Initial support slots (anchors / coarse support), padded to `keep` slots; if there are
-    # more than `keep` of them they go into the candidate region instead.
+    # Initial columns (anchors / coarse support), padded to `k` slots.
     s0 = init_idx.shape[0]
     idx0 = jnp.zeros((k,), init_idx.dtype).at[: min(s0, k)].set(init_idx[:k])
     ok0 = jnp.zeros((k,), bool).at[: min(s0, k)].set(init_ok[:k])
 
-    def price(g, first):
-        thresh = jnp.where(first, -jnp.inf, 1.0)
-        score = jnp.where(_local_maxima(g, shape) & (g > thresh), g, -jnp.inf)
+    def price(g):
+        score = jnp.where(_local_maxima(g, shape) & (g > 1), g, -jnp.inf)
         cidx, cok = _top_candidates(score, candidates)
         return _apply_stencil(cidx, cok, shape, stencil)
 
@@ -335,47 +343,26 @@ def _column_generation(
         idx, q = idx[order], q[order]
         return idx, q, e[:, idx] @ q, iters
 
-    def g_of(u, first):
-        w = jnp.where(first, alpha, _safe_ratio(alpha, u))
-        return w @ e
+    def g_of(u):
+        return _safe_ratio(alpha, u) @ e
 
-    # Pass structure: g at the current iterate (one read of E), certify, else price + master.
     def cond(st: _LevelState):
         return (st.gap > tol) & (st.passes < max_passes)
 
     def body(st: _LevelState):
-        first = (st.passes == 0) & first_pass_alpha
-        g = g_of(st.u, first)
-        gap = jnp.where(first, jnp.inf, jnp.max(g) - 1)
+        new_idx, new_ok = price(st.g)
+        idx = jnp.concatenate([st.idx[:keep], new_idx])
+        okk = jnp.concatenate([st.q[:keep] > 0, new_ok])
+        idx, q, u, iters = master(idx, okk)
+        g = g_of(u)
+        gap = jnp.max(g) - 1
+        return _LevelState(idx, q, u, g, gap, st.passes + 1, st.master_iters + iters)
 
-        def improve(_):
-            new_idx, new_ok = price(g, first)
-            support_ok = st.q[:keep] > 0
-            idx = jnp.concatenate([st.idx[:keep], new_idx])
-            okk = jnp.concatenate([support_ok, new_ok])
-            idx, q, u, iters = master(idx, okk)
-            return idx, q, u, iters
-
-        def stop(_):
-            return st.idx, st.q, st.u, jnp.array(0)
-
-        idx, q, u, iters = lax.cond(gap > tol, improve, stop, None)
-        return _LevelState(idx, q, u, gap, st.passes + 1, st.master_iters + iters)
-
-    # Start: a master on the initial columns (no pass over E needed).
+    # Start: a master on the initial columns, then the first pass.
     idx_i, q_i, u_i, it_i = master(idx0, ok0)
-    any_init = jnp.any(ok0)
-    q_i = jnp.where(any_init, q_i, 0.0)
-    u_i = jnp.where(any_init, u_i, jnp.ones((m,), dtype))
-    st = _LevelState(idx_i, q_i, u_i, jnp.array(jnp.inf, dtype), jnp.array(0), it_i)
-    st = lax.while_loop(cond, body, st)
-    # Out of passes: the stored gap belongs to the previous iterate; one more read makes the
-    # reported gap that of the returned one.
-    final_gap = lax.cond(
-        st.gap > tol, lambda: jnp.max(g_of(st.u, jnp.array(False))) - 1, lambda: st.gap
-    )
-    passes = st.passes + (st.gap > tol).astype(st.passes.dtype)
-    return eqx.tree_at(lambda s: (s.gap, s.passes), st, (final_gap, passes))
+    g_i = g_of(u_i)
+    st = _LevelState(idx_i, q_i, u_i, g_i, jnp.max(g_i) - 1, jnp.array(1), it_i)
+    return lax.while_loop(cond, body, st)
 
 
 # ------------------------------------------------------------------------------------------
@@ -474,7 +461,6 @@ def solve_nash(
             stencil=geometric,
             tol=tol if finest else _COARSE_TOL,
             max_passes=max_passes if finest else _COARSE_PASSES,
-            first_pass_alpha=False,
         )
         passes = passes + st.passes.astype(e.dtype) * (math.prod(shapes[level]) / n)
         if not finest:
