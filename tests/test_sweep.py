@@ -134,6 +134,12 @@ _SHARDED = textwrap.dedent(
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-11, atol=1e-16)
         for f in (curax.fw_gap, curax.potential):
             np.testing.assert_allclose(f(b[-1], sp), f(a[-1], problem), rtol=1e-11, atol=1e-15)
+    # The exact Nash solve runs unchanged on the sharded support.
+    problem = curax.CurationProblem(rewards, jnp.array([0.2, 0.3, 0.5]))
+    a = curax.nash_solution(problem, grid_shape=(4000,))
+    b = curax.nash_solution(curax.shard_support(problem), grid_shape=(4000,))
+    np.testing.assert_allclose(b.stats["objective"], a.stats["objective"], rtol=1e-13)
+    assert float(curax.fw_gap(jnp.asarray(np.asarray(b.value)), problem)) <= 1e-10
     try:
         curax.shard_support(curax.CurationProblem(rewards[:, :3998]))
     except ValueError as e:
