@@ -844,10 +844,31 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(r.get('residual'))} | {_fmt(dphi, '.1e')} | "
                 f"{_fmt(r.get('ratio_to_fastest_competitor'), '.3g')} |"
             )
+    wrong = [r for r in recs if r["status"] == "wrong answer"]
+    if wrong:
+        lines += [
+            "",
+            "## Claimed success, failed the certificate",
+            "",
+            "Runs whose solver reported success but whose answer the suite's certificate "
+            "rejects (the *fails safely* comparison: curax's solvers report non-convergence "
+            "through their result code instead):",
+            "",
+        ]
+        for r in wrong:
+            val = r.get(r["metric"])
+            lines.append(
+                f"- {r['solver']} on {r['case']}: certified {r['metric']} {_fmt(val)}"
+                + (f", min p {r['min_p']:.1e}" if r.get("min_p", 0) < -1e-9 else "")
+                + (f", |sum p - 1| {r['sum_err']:.1e}" if r.get("sum_err", 0) > 1e-6 else "")
+            )
+        safe = [r for r in recs if r["status"] == "reported failure"]
+        for r in safe:
+            lines.append(f"- {r['solver']} on {r['case']}: reported failure — {r.get('note', '')}")
     if report.get("curves"):
         lines += ["", "Convergence curves (certified gap vs warm time and vs evaluations):", ""]
         for name, png in report["curve_files"].items():
-            lines.append(f"- {name}: `{png}`")
+            lines += [f"**{name}**", "", f"![{name}]({png})", ""]
     if report.get("throughput"):
         lines += [
             "",
@@ -931,6 +952,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--memory-n", type=int, default=10_000_000)
     ap.add_argument("--markdown", default=os.path.join(HERE, "RESULTS.md"), help="'' to skip")
+    ap.add_argument(
+        "--figures",
+        default=None,
+        help="where the convergence-curve PNGs go (default: --out; the committed RESULTS.md "
+        "uses benchmarks/figures)",
+    )
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--memory-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -943,7 +970,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.max_n = 10_000 if args.quick else 1_000_000
     if args.curve_points is None:
         args.curve_points = 4 if args.quick else 6
+    if args.figures is None:
+        args.figures = args.out
     os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.figures, exist_ok=True)
     start = time.perf_counter()
     device = jax.devices()[0]
     env = {
@@ -994,8 +1024,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for case in cases:
         if case.name in curves:
             fname = "curves_" + re.sub(r"[^A-Za-z0-9]+", "_", case.name).strip("_") + ".png"
-            plot_curves(case, curves[case.name], records, label, os.path.join(args.out, fname), target(case, args))
-            curve_files[case.name] = os.path.relpath(os.path.join(args.out, fname), HERE)
+            path = os.path.join(args.figures, fname)
+            plot_curves(case, curves[case.name], records, label, path, target(case, args))
+            md_dir = os.path.dirname(os.path.abspath(args.markdown)) if args.markdown else HERE
+            curve_files[case.name] = os.path.relpath(path, md_dir)
 
     tp = None
     if not args.no_throughput:
