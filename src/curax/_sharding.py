@@ -63,7 +63,8 @@ def shard_support(
     The reward matrix `(m, n)` is split along `n` (each device holds `n / d` columns), the
     reference distribution and every extra array of shape `(..., n)` along their last axis;
     weights and temperature are replicated. Every curax function (`curax.curate`,
-    `curax.fw_gap`, `curax.potential`, `curax.trajectory`, ...) then runs unchanged under
+    `curax.fw_gap`, `curax.potential`, `curax.trajectory`, `curax.nash_solution`, ...) then
+    runs unchanged under
     `jit`: XLA computes the per-device partial sums `E_local @ p_local` and inserts the
     all-reduce over the m-dimensional reductions (`u = E p`, `E_p[w]`, the maximum of `G`).
     Only O(m) numbers cross devices per map evaluation.
