@@ -122,7 +122,9 @@ def jaxopt_anderson(
 # --------------------------------------------------------------------------------------
 
 
-def numpy_map(E: np.ndarray, alpha: np.ndarray, ref: np.ndarray | None = None, rw: float = 0.0):
+def numpy_map(
+    E: np.ndarray, alpha: np.ndarray, ref: np.ndarray | None = None, rw: float = 0.0
+):
     """The K -> infinity map on a precomputed `E = exp(r - max r)`:
     `p -> rw * ref + (1 - rw) * p * E^T (alpha / E p)`."""
 
@@ -133,7 +135,9 @@ def numpy_map(E: np.ndarray, alpha: np.ndarray, ref: np.ndarray | None = None, r
     return f
 
 
-def scipy_fixed_point(f, p0: np.ndarray, *, tol: float, max_steps: int) -> dict[str, Any]:
+def scipy_fixed_point(
+    f, p0: np.ndarray, *, tol: float, max_steps: int
+) -> dict[str, Any]:
     """`scipy.optimize.fixed_point(f, p0, xtol=tol, method="del2")` (Steffensen with Aitken
     extrapolation, its default). `f` is any numpy map; scipy raises when it does not
     converge, which is recorded as a failure. `xtol` is relative."""
@@ -149,10 +153,17 @@ def scipy_fixed_point(f, p0: np.ndarray, *, tol: float, max_steps: int) -> dict[
 
     try:
         with np.errstate(all="ignore"):
-            p = optimize.fixed_point(counted, p0, xtol=tol, maxiter=max_steps, method="del2")
+            p = optimize.fixed_point(
+                counted, p0, xtol=tol, maxiter=max_steps, method="del2"
+            )
         return {"p": np.asarray(p), "claimed": True, "evals": count[0], "error": None}
     except (RuntimeError, FloatingPointError, ValueError) as e:
-        return {"p": np.asarray(last[0]), "claimed": False, "evals": count[0], "error": str(e)[:200]}
+        return {
+            "p": np.asarray(last[0]),
+            "claimed": False,
+            "evals": count[0],
+            "error": str(e)[:200],
+        }
 
 
 def scipy_simplex_minimize(
@@ -172,7 +183,13 @@ def scipy_simplex_minimize(
         jac=True,
         method="SLSQP",
         bounds=[(0.0, 1.0)] * p0.shape[0],
-        constraints=[{"type": "eq", "fun": lambda p: p.sum() - 1, "jac": lambda p: np.ones_like(p)}],
+        constraints=[
+            {
+                "type": "eq",
+                "fun": lambda p: p.sum() - 1,
+                "jac": lambda p: np.ones_like(p),
+            }
+        ],
         options={"ftol": tol, "maxiter": max_steps},
     )
     return {
@@ -205,7 +222,10 @@ def cvxpy_nash(
     opts: dict[str, Any]
     if solver == "CLARABEL":
         opts = dict(
-            tol_gap_abs=tol, tol_gap_rel=tol, tol_feas=tol, max_iter=max_steps,
+            tol_gap_abs=tol,
+            tol_gap_rel=tol,
+            tol_feas=tol,
+            max_iter=max_steps,
         )
         if time_limit is not None:
             opts["time_limit"] = time_limit
@@ -219,7 +239,12 @@ def cvxpy_nash(
     try:
         prob.solve(solver=solver, **opts)
     except cp.error.SolverError as e:
-        return {"p": np.asarray(p0), "claimed": False, "evals": -1, "error": str(e)[:200]}
+        return {
+            "p": np.asarray(p0),
+            "claimed": False,
+            "evals": -1,
+            "error": str(e)[:200],
+        }
     total = time.perf_counter() - t0
     compile_s = float(getattr(prob, "compilation_time", None) or 0.0)
     stats = prob.solver_stats
@@ -240,7 +265,9 @@ def cvxpy_nash(
 
 ISOLATED = {
     "scipy_simplex_minimize": scipy_simplex_minimize,
-    "cvxpy_clarabel": lambda E, a, p0, **kw: cvxpy_nash(E, a, p0, solver="CLARABEL", **kw),
+    "cvxpy_clarabel": lambda E, a, p0, **kw: cvxpy_nash(
+        E, a, p0, solver="CLARABEL", **kw
+    ),
     "cvxpy_scs": lambda E, a, p0, **kw: cvxpy_nash(E, a, p0, solver="SCS", **kw),
 }
 
@@ -271,7 +298,13 @@ def run_isolated(
                 cmd, capture_output=True, text=True, timeout=time_limit + 15, env=env
             )
         except subprocess.TimeoutExpired:
-            return {"p": p0, "claimed": False, "evals": -1, "error": "timeout", "warm_s": None}
+            return {
+                "p": p0,
+                "claimed": False,
+                "evals": -1,
+                "error": "timeout",
+                "warm_s": None,
+            }
         wall = time.perf_counter() - t0
         if proc.returncode != 0 or not os.path.exists(out):
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["crashed"]
@@ -280,7 +313,10 @@ def run_isolated(
             res = json.loads(str(f["meta"]))
             res["p"] = f["p"]
         res.setdefault("wall_s", wall)
-        if res.get("warm_s") is not None and res["warm_s"] + res.get("compile_s", 0) > time_limit:
+        if (
+            res.get("warm_s") is not None
+            and res["warm_s"] + res.get("compile_s", 0) > time_limit
+        ):
             res["error"] = res.get("error") or "timeout"
             res["claimed"] = False
         return res

@@ -5,12 +5,11 @@ suite compares like with like."""
 import os
 import sys
 
+import curax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import curax
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -37,7 +36,9 @@ def _phi_gap(p, problem):
 @pytest.mark.parametrize("solver", ["CLARABEL", "SCS"])
 def test_cvxpy_matches_certified_nash(nash, solver):
     problem, E, alpha, phi_star = nash
-    res = baselines.cvxpy_nash(E, alpha, np.full(60, 1 / 60), solver=solver, tol=1e-9, max_steps=5000)
+    res = baselines.cvxpy_nash(
+        E, alpha, np.full(60, 1 / 60), solver=solver, tol=1e-9, max_steps=5000
+    )
     assert res["claimed"]
     phi, gap = _phi_gap(res["p"], problem)
     # Phi* - Phi <= FW gap (concavity); both solvers get within 1e-6 of the optimum.
@@ -49,7 +50,12 @@ def test_cvxpy_matches_certified_nash(nash, solver):
 def test_slsqp_isolated_matches_certified_nash(nash):
     problem, E, alpha, phi_star = nash
     res = baselines.run_isolated(
-        "scipy_simplex_minimize", E, alpha, np.full(60, 1 / 60), tol=1e-12, max_steps=500,
+        "scipy_simplex_minimize",
+        E,
+        alpha,
+        np.full(60, 1 / 60),
+        tol=1e-12,
+        max_steps=500,
         time_limit=60,
     )
     assert res["error"] is None and res["claimed"]
@@ -69,14 +75,18 @@ def test_isolated_crash_is_recorded(nash):
 def test_fixed_point_baselines_agree_with_real_data():
     # With real data the map is a contraction with a unique full-support fixed point: every
     # generic fixed-point solver must find the same one.
-    _, problem = curax.two_basin_problem(n=50, separation=3.0, q=0.3, reference_weight=0.3)
-    p0 = problem.uniform()
-    ref = jax.jit(lambda pr, p: baselines.optx_iteration(pr, p, tol=1e-13, max_steps=5000))(
-        problem, p0
+    _, problem = curax.two_basin_problem(
+        n=50, separation=3.0, q=0.3, reference_weight=0.3
     )
+    p0 = problem.uniform()
+    ref = jax.jit(
+        lambda pr, p: baselines.optx_iteration(pr, p, tol=1e-13, max_steps=5000)
+    )(problem, p0)
     assert bool(ref["claimed"])
     p_ref = np.asarray(ref["p"])
-    np.testing.assert_allclose(curax.curate(jnp.asarray(p_ref), problem), p_ref, atol=1e-12)
+    np.testing.assert_allclose(
+        curax.curate(jnp.asarray(p_ref), problem), p_ref, atol=1e-12
+    )
     and_ = baselines.jaxopt_anderson(problem, p0, tol=1e-12, max_steps=5000)
     assert bool(and_["claimed"])
     np.testing.assert_allclose(np.asarray(and_["p"]), p_ref, atol=1e-9)

@@ -4,12 +4,11 @@ import subprocess
 import sys
 import textwrap
 
+import curax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import curax
 
 
 def _iterate(p, problem, rounds):
@@ -22,16 +21,28 @@ def _fn(q, sep, k):
     rewards = jnp.stack(
         [curax.quadratic_reward(x, -sep / 2), curax.quadratic_reward(x, sep / 2)]
     )
-    problem = curax.CurationProblem(rewards, jnp.stack([q, 1 - q]), k, quadrature_nodes=curax.nodes_for_spread(26.0))
+    problem = curax.CurationProblem(
+        rewards, jnp.stack([q, 1 - q]), k, quadrature_nodes=curax.nodes_for_spread(26.0)
+    )
     p = _iterate(problem.uniform(), problem, 20)
-    return {"left": jnp.sum(jnp.where(x < 0, p, 0.0)), "p": p, "gap": curax.fw_gap(p, problem)}
+    return {
+        "left": jnp.sum(jnp.where(x < 0, p, 0.0)),
+        "p": p,
+        "gap": curax.fw_gap(p, problem),
+    }
 
 
-_GRID = {"q": np.linspace(0.2, 0.8, 4), "sep": np.array([2.0, 3.0, 4.0]), "k": [3, None]}
+_GRID = {
+    "q": np.linspace(0.2, 0.8, 4),
+    "sep": np.array([2.0, 3.0, 4.0]),
+    "k": [3, None],
+}
 
 
 def test_sweep_matches_pointwise_evaluation(tmp_path):
-    res = curax.sweep(_fn, _GRID, static=["k"], chunk_size=5, out=tmp_path, progress=False)
+    res = curax.sweep(
+        _fn, _GRID, static=["k"], chunk_size=5, out=tmp_path, progress=False
+    )
     assert res.shape == (4, 3, 2)
     assert res.values["p"].shape == (4, 3, 2, 40)
     # Each grid point computed on its own (no vmap, no chunking, no padding).
@@ -53,11 +64,15 @@ def test_sweep_matches_pointwise_evaluation(tmp_path):
 
 
 def test_sweep_resumes_and_refuses_other_grid(tmp_path):
-    first = curax.sweep(_fn, _GRID, static=["k"], chunk_size=5, out=tmp_path, progress=False)
+    first = curax.sweep(
+        _fn, _GRID, static=["k"], chunk_size=5, out=tmp_path, progress=False
+    )
     assert first.info["chunks_computed"] == first.info["num_chunks"] == 2 * 3
     chunks = sorted(os.listdir(tmp_path / "chunks"))
     os.remove(tmp_path / "chunks" / chunks[2])
-    again = curax.sweep(_fn, _GRID, static=["k"], chunk_size=5, out=tmp_path, progress=False)
+    again = curax.sweep(
+        _fn, _GRID, static=["k"], chunk_size=5, out=tmp_path, progress=False
+    )
     assert again.info["chunks_computed"] == 1
     for name in first.values:
         np.testing.assert_array_equal(first.values[name], again.values[name])
@@ -66,9 +81,17 @@ def test_sweep_resumes_and_refuses_other_grid(tmp_path):
     assert json.loads((tmp_path / "meta.json").read_text())["complete"]
     other = dict(_GRID, q=np.linspace(0.1, 0.9, 3))
     with pytest.raises(ValueError, match="different sweep"):
-        curax.sweep(_fn, other, static=["k"], chunk_size=5, out=tmp_path, progress=False)
+        curax.sweep(
+            _fn, other, static=["k"], chunk_size=5, out=tmp_path, progress=False
+        )
     res = curax.sweep(
-        _fn, other, static=["k"], chunk_size=5, out=tmp_path, progress=False, overwrite=True
+        _fn,
+        other,
+        static=["k"],
+        chunk_size=5,
+        out=tmp_path,
+        progress=False,
+        overwrite=True,
     )
     assert res.shape == (3, 3, 2)
 
@@ -154,7 +177,11 @@ _SHARDED = textwrap.dedent(
 def test_sharded_paths_equal_unsharded():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     proc = subprocess.run(
-        [sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", _SHARDED],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert "SHARDED-OK" in proc.stdout, proc.stdout + proc.stderr
 
@@ -194,7 +221,14 @@ def test_multiprocess_sweep(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _MULTIPROCESS, f"localhost:{port}", str(i), str(tmp_path)],
+            [
+                sys.executable,
+                "-c",
+                _MULTIPROCESS,
+                f"localhost:{port}",
+                str(i),
+                str(tmp_path),
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -207,15 +241,22 @@ def test_multiprocess_sweep(tmp_path):
 
     def fn(q, seed):
         rewards = jax.random.normal(jax.random.PRNGKey(seed), (3, 64))
-        problem = curax.CurationProblem(rewards, jnp.stack([q, (1 - q) / 2, (1 - q) / 2]))
+        problem = curax.CurationProblem(
+            rewards, jnp.stack([q, (1 - q) / 2, (1 - q) / 2])
+        )
         p = _iterate(problem.uniform(), problem, 30)
         return {"phi": curax.potential(p, problem)}
 
     single = curax.sweep(
-        fn, {"q": np.linspace(0.1, 0.9, 7), "seed": np.arange(3)}, chunk_size=8, progress=False
+        fn,
+        {"q": np.linspace(0.1, 0.9, 7), "seed": np.arange(3)},
+        chunk_size=8,
+        progress=False,
     )
     for i in range(2):
         np.testing.assert_allclose(
             np.load(tmp_path / f"phi{i}.npy"), single.values["phi"], rtol=1e-13
         )
-    np.testing.assert_allclose(curax.load_sweep(tmp_path).values["phi"], single.values["phi"], rtol=1e-13)
+    np.testing.assert_allclose(
+        curax.load_sweep(tmp_path).values["phi"], single.values["phi"], rtol=1e-13
+    )
