@@ -27,12 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+import curax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import curax
 
 
 HERE = Path(__file__).resolve().parent
@@ -54,7 +53,9 @@ def smooth_1d(n, m, seed):
     r = np.zeros((m, n))
     for i in range(m):
         for f in range(1, 7):
-            r[i] += rng.normal() / f * np.sin(2 * np.pi * f * x + rng.uniform(0, 2 * np.pi))
+            r[i] += (
+                rng.normal() / f * np.sin(2 * np.pi * f * x + rng.uniform(0, 2 * np.pi))
+            )
         r[i] *= 3.0
     return r, rng.dirichlet(np.ones(m)), (n,)
 
@@ -92,7 +93,9 @@ def true_gap(p, e, a):
 
 
 def solve_fn(bp, grid_shape):
-    f = eqx.filter_jit(lambda b: curax.nash_solution(b, grid_shape=grid_shape, throw=False))
+    f = eqx.filter_jit(
+        lambda b: curax.nash_solution(b, grid_shape=grid_shape, throw=False)
+    )
     return lambda: f(bp)
 
 
@@ -152,7 +155,9 @@ def bench_solves(sizes, ms, repeats, cvx_max_n, cvx_timeout):
         for n in sizes[fam]:
             for m in ms:
                 r, a, shape = make(n, m, seed=m)
-                bp = curax.BargainingProblem.from_rewards(jnp.asarray(r), jnp.asarray(a))
+                bp = curax.BargainingProblem.from_rewards(
+                    jnp.asarray(r), jnp.asarray(a)
+                )
                 e = bp.utilities
                 fn = solve_fn(bp, shape)
                 t0 = time.perf_counter()
@@ -274,7 +279,11 @@ def main():
     ap.add_argument("--no-batch", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        sizes = {"quadratic-1d": [10_000], "smooth-1d": [10_000], "grid-2d": [100 * 100]}
+        sizes = {
+            "quadratic-1d": [10_000],
+            "smooth-1d": [10_000],
+            "grid-2d": [100 * 100],
+        }
         ms = [2, 8]
         args.cvx_max_n = min(args.cvx_max_n, 10_000)
     else:
@@ -292,7 +301,9 @@ def main():
             "jax": jax.__version__,
         },
         "repeats": args.repeats,
-        "solves": bench_solves(sizes, ms, args.repeats, args.cvx_max_n, args.cvx_timeout),
+        "solves": bench_solves(
+            sizes, ms, args.repeats, args.cvx_max_n, args.cvx_timeout
+        ),
     }
     if not args.no_batch:
         res["batch"] = bench_batch(256 if not args.quick else 32, 2000, 3, 3)

@@ -1,12 +1,11 @@
 import warnings
 
+import curax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import curax
 
 
 def _random_rewards(seed, m, n, scale=2.0):
@@ -50,7 +49,9 @@ def test_certificate_and_dynamics(seed):
     assert _true_gap(p, e, a) <= 1e-10
     assert float(curax.fw_gap(p, problem)) <= 1e-10
     assert abs(float(sol.stats["fw_gap"]) - _true_gap(p, e, a)) <= 1e-13
-    assert float(sol.stats["objective"]) == pytest.approx(float(curax.potential(p, problem)), abs=1e-13)
+    assert float(sol.stats["objective"]) == pytest.approx(
+        float(curax.potential(p, problem)), abs=1e-13
+    )
     # The dynamics (K = infinity, full-support start) converge to the same stable point.
     ps = curax.trajectory(problem.uniform(), problem, 20000)
     assert float(curax.fw_gap(ps[-1], problem)) <= 1e-9
@@ -72,7 +73,9 @@ def test_cvxpy_clarabel(seed):
     prob = cp.Problem(cp.Maximize(an @ cp.log(e @ x)), [x >= 0, cp.sum(x) == 1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+        prob.solve(
+            solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10
+        )
     xc = np.clip(x.value, 0, None)
     xc /= xc.sum()
     phi_cvx = float(an @ np.log(e @ xc))
@@ -102,7 +105,9 @@ def test_grid_2d():
     rng = np.random.default_rng(0)
     centres = rng.uniform(-1.5, 1.5, (3, 2))
     # (curax.quadratic_reward broadcasts (n, 2) - (2,), which rank_promotion="raise" refuses.)
-    r = jnp.stack([-2.0 * jnp.sum((pts - c[None, :]) ** 2, axis=1) for c in jnp.asarray(centres)])
+    r = jnp.stack(
+        [-2.0 * jnp.sum((pts - c[None, :]) ** 2, axis=1) for c in jnp.asarray(centres)]
+    )
     a = jnp.asarray(rng.dirichlet(np.ones(3)))
     bp = curax.BargainingProblem.from_rewards(r, a)
     sol = curax.nash_solution(bp, grid_shape=(50, 60))
@@ -175,7 +180,9 @@ def test_constant_reward_row_and_zero_weight():
     zero = curax.nash_solution(curax.BargainingProblem.from_rewards(r, a0))
     assert sol.result == curax.RESULTS.successful
     assert zero.result == curax.RESULTS.successful
-    np.testing.assert_allclose(sol.stats["u"][jnp.array([0, 2])], zero.stats["u"][jnp.array([0, 2])], atol=1e-7)
+    np.testing.assert_allclose(
+        sol.stats["u"][jnp.array([0, 2])], zero.stats["u"][jnp.array([0, 2])], atol=1e-7
+    )
     assert np.all(np.isfinite(zero.stats["u"]))
     # Independent check of the zero-weight problem: the direct optimiser.
     opt = curax.nash_optimize(curax.BargainingProblem.from_rewards(r, a0))
@@ -193,10 +200,14 @@ def test_one_reward_collapses_on_argmax():
 
 
 def test_single_point():
-    sol = curax.nash_solution(curax.BargainingProblem.from_rewards(jnp.array([[0.3], [2.0]])))
+    sol = curax.nash_solution(
+        curax.BargainingProblem.from_rewards(jnp.array([[0.3], [2.0]]))
+    )
     assert sol.result == curax.RESULTS.successful
     np.testing.assert_allclose(sol.value, [1.0])
-    assert float(sol.stats["objective"]) == pytest.approx(0.5 * 0.3 + 0.5 * 2.0, abs=1e-14)
+    assert float(sol.stats["objective"]) == pytest.approx(
+        0.5 * 0.3 + 0.5 * 2.0, abs=1e-14
+    )
 
 
 def test_all_utilities_equal():
@@ -243,7 +254,9 @@ def test_bad_inputs():
     with pytest.raises(Exception, match="disagreement point 0"):
         curax.nash_solution(bp)
     with pytest.raises(Exception, match="non-negative"):
-        curax.nash_solution(curax.BargainingProblem(-jnp.ones((2, 3)), utility="linear"))
+        curax.nash_solution(
+            curax.BargainingProblem(-jnp.ones((2, 3)), utility="linear")
+        )
     with pytest.raises(ValueError, match="grid_shape"):
         curax.nash_solution(curax.BargainingProblem(jnp.ones((2, 12))), grid_shape=(5,))
     with pytest.raises(ValueError, match="max_passes"):
@@ -256,7 +269,9 @@ def test_max_passes_reported():
     sol = curax.nash_solution(bp, max_passes=1, throw=False)
     assert sol.result == curax.RESULTS.nonlinear_max_steps_reached
     # The reported gap is that of the returned p.
-    assert float(sol.stats["fw_gap"]) == pytest.approx(_true_gap(sol.value, bp.utilities, a), abs=1e-13)
+    assert float(sol.stats["fw_gap"]) == pytest.approx(
+        _true_gap(sol.value, bp.utilities, a), abs=1e-13
+    )
     with pytest.raises(Exception, match="maximum number of steps"):
         curax.nash_solution(bp, max_passes=1)
 
@@ -330,7 +345,9 @@ def test_optimize_family_exp_matches_solution():
 def test_optimize_infeasible():
     # Disagreement point above every feasible utility pair.
     u = jnp.array([[1.0, 0.0], [0.0, 1.0]])
-    bp = curax.BargainingProblem(u, disagreement=jnp.array([0.6, 0.6]), utility="linear")
+    bp = curax.BargainingProblem(
+        u, disagreement=jnp.array([0.6, 0.6]), utility="linear"
+    )
     sol = curax.nash_optimize(bp, max_steps=200, throw=False)
     assert sol.result == curax.RESULTS.infeasible
     assert np.all(np.isfinite(sol.value))
@@ -353,7 +370,9 @@ def test_mixing_fixed_point_matches_dynamics(rw):
     sol = curax.mixing_fixed_point(problem)
     assert sol.result == curax.RESULTS.successful
     # Independent: the map's own residual, and the dynamics run to convergence.
-    assert float(jnp.max(jnp.abs(curax.curate(sol.value, problem) - sol.value))) <= 1e-13
+    assert (
+        float(jnp.max(jnp.abs(curax.curate(sol.value, problem) - sol.value))) <= 1e-13
+    )
     ps = curax.trajectory(problem.uniform(), problem, 3000)
     np.testing.assert_allclose(ps[-1], sol.value, atol=1e-12)
 
@@ -393,8 +412,8 @@ def test_compare_stable_and_unstable():
     assert bad.verdict == "unstable"
     assert float(bad.objective_difference) > 0
     assert float(bad.fw_gap_point) >= float(bad.objective_difference)
-    assert curax.compare(vertex, curax.BargainingProblem.from_curation(problem)).verdict == (
-        "unstable"
-    )
+    assert curax.compare(
+        vertex, curax.BargainingProblem.from_curation(problem)
+    ).verdict == ("unstable")
     with pytest.raises(ValueError, match="point"):
         curax.compare(jnp.ones(3) / 3, problem)

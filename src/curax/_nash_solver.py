@@ -118,7 +118,9 @@ def solve_master(
             chol = jnp.linalg.cholesky(jnp.diag(d) + c.T @ c)
 
             def msolve(v):
-                return jnp.where(valid, jax.scipy.linalg.cho_solve((chol, True), v), 0.0)
+                return jnp.where(
+                    valid, jax.scipy.linalg.cho_solve((chol, True), v), 0.0
+                )
 
             return msolve
         # Partitioned: the `num_active` columns with the smallest z / q (the ones the optimum
@@ -141,7 +143,9 @@ def solve_master(
 
         def msolve(v):
             v_a, v_i = v[act], v[ina]
-            x_a = jax.scipy.linalg.cho_solve((s_chol, True), v_a - c_a.T @ wsolve(ci_d @ v_i))
+            x_a = jax.scipy.linalg.cho_solve(
+                (s_chol, True), v_a - c_a.T @ wsolve(ci_d @ v_i)
+            )
             r_i = v_i - c_i.T @ (c_a @ x_a)
             x_i = r_i / d_i - ci_d.T @ wsolve(ci_d @ r_i)
             out = jnp.zeros_like(v).at[act].set(x_a).at[ina].set(x_i)
@@ -218,15 +222,12 @@ def solve_master(
 def _local_maxima(g: Array, shape: tuple[int, ...]) -> Array:
     """Mask of grid points whose g is >= every neighbour's (column order when `shape` is
     `(n,)`; the 8-neighbourhood in 2-D)."""
-    if len(shape) == 1:
-        # Shifted copies by concatenation fuse into one loop (a padded copy does not).
-        ninf = jnp.full((1,), -jnp.inf, g.dtype)
-        left = jnp.concatenate([ninf, g[:-1]])
-        right = jnp.concatenate([g[1:], ninf])
-        return (g >= left) & (g >= right)
     x = g.reshape(shape)
     ok = jnp.ones(shape, bool)
-    neighbours = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)]
+    if len(shape) == 1:
+        neighbours = [(-1,), (1,)]
+    else:
+        neighbours = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)]
     padded = jnp.pad(x, 1, constant_values=-jnp.inf)
     for off in neighbours:
         sl = tuple(slice(1 + o, 1 + o + s) for o, s in zip(off, shape))
@@ -255,9 +256,9 @@ def _top_candidates(score: Array, count: int) -> tuple[Array, Array]:
     return idx, vals > -jnp.inf
 
 
-def _apply_stencil(idx: Array, ok: Array, shape: tuple[int, ...], stencil: bool) -> tuple[
-    Array, Array
-]:
+def _apply_stencil(
+    idx: Array, ok: Array, shape: tuple[int, ...], stencil: bool
+) -> tuple[Array, Array]:
     offsets = _stencil_offsets(len(shape) if stencil else 0)
     if len(offsets) == 1:
         return idx, ok
@@ -390,9 +391,7 @@ def _coarsen(e: Array, shape: tuple[int, ...]) -> Array:
 
 def _refine_index(idx: Array, coarse: tuple[int, ...], fine: tuple[int, ...]) -> Array:
     coords = jnp.unravel_index(idx, coarse)
-    return jnp.ravel_multi_index(
-        tuple(c * _STRIDE for c in coords), fine, mode="clip"
-    )
+    return jnp.ravel_multi_index(tuple(c * _STRIDE for c in coords), fine, mode="clip")
 
 
 class NashResult(eqx.Module):
@@ -425,7 +424,9 @@ def solve_nash(
     geometric = grid_shape is not None
     shape: tuple[int, ...] = tuple(grid_shape) if geometric else (n,)  # pyright: ignore
     if math.prod(shape) != n:
-        raise ValueError(f"`grid_shape` {grid_shape} does not match the support size n={n}.")
+        raise ValueError(
+            f"`grid_shape` {grid_shape} does not match the support size n={n}."
+        )
     if candidates is None:
         candidates = max(2, 2 * m)
     if keep is None:
