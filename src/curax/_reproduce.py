@@ -42,13 +42,13 @@ class SuiteConfig:
     variance_cases: tuple[tuple[float, float], ...] = ((2.0, 0.3), (3.0, 0.5), (1.5, 0.2))
     nash_qs: tuple[float, ...] = (0.2, 0.5, 0.8)
     nash_methods: tuple[str, ...] = ("squarem", "active-set")
-    finite_ks: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128)
-    finite_k_n: int = 101
+    finite_ks: tuple[int, ...] = (2, 8, 32, 128)
+    finite_k_n: int = 61
     finite_k_rounds: int = 1000
     finite_k_method: str = "auto"
-    phase_separations: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
-    phase_ks: tuple[int | None, ...] = (2, 4, 16, None)
-    phase_qs: tuple[float, ...] = (0.05, 0.2, 0.35, 0.5)
+    phase_separations: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
+    phase_ks: tuple[int | None, ...] = (4, None)
+    phase_qs: tuple[float, ...] = (0.05, 0.2, 0.5)
     phase_n: int = 61
     phase_rounds: int = 1000
     sample_ns: tuple[int, ...] = (250, 1000, 4000, 16000)
@@ -268,7 +268,7 @@ def section_finite_k(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
         eps=0.25,
         rounds=cfg.finite_k_rounds,
         method=cfg.finite_k_method,
-        max_chunks=2 if quick_k else 10,
+        max_chunks=2 if quick_k else 3,
         check_stability=not quick_k,
     )
     phase = theory.phase_diagram(

@@ -1076,6 +1076,7 @@ def finite_k_convergence(
     method: str = "auto",
     max_chunks: int = 10,
     check_stability: bool = True,
+    max_steps: int = 2000,
 ) -> FiniteKStudy:
     """Distance between the finite-K stable point and the K = infinity one (the Nash point)
     as K grows, with a fitted power-law rate.
@@ -1092,6 +1093,8 @@ def finite_k_convergence(
     - `max_chunks`: chunk limit of the dynamics. Keyword only argument.
     - `check_stability`: classify each finite-K point with [`curax.stability`][] (one
         compilation per K). Keyword only argument.
+    - `max_steps`: step limit of the stable-point solver (then plain dynamics continue).
+        Keyword only argument.
 
     **Returns:**
 
@@ -1113,7 +1116,8 @@ def finite_k_convergence(
     dist, gaps, masses, certs, verdicts, points = [], [], [], [], [], []
     for k in ks:
         pk, info = stable_point(
-            problem.with_k(k), method=method, rounds=rounds, max_chunks=max_chunks
+            problem.with_k(k), method=method, rounds=rounds, max_chunks=max_chunks,
+            max_steps=max_steps,
         )
         pk = np.asarray(pk)
         points.append(pk)
@@ -1228,10 +1232,12 @@ def phase_diagram(
     eps: float = 0.25,
     rounds: int = 1000,
     method: str = "auto",
+    max_chunks: int = 3,
 ) -> PhaseDiagram:
     """Phase diagram of the two-well problem ([`curax.theory.two_well_problem`][]): for each
     (separation, K, q), find the stable point ([`curax.theory.stable_point`][] with
-    `method`, from the uniform start), classify its shape with
+    `method`, from the uniform start; `rounds`, `max_chunks`: its dynamics settings),
+    classify its shape with
     [`curax.theory.classify_stable_point`][] and its stability with [`curax.stability`][].
 
     **Returns:**
@@ -1253,7 +1259,9 @@ def phase_diagram(
                     sep, q, k, n=n, half_width=half_width, curvature=curvature,
                     quadrature_nodes=nodes,
                 )
-                p, _ = stable_point(problem, method=method, rounds=rounds)
+                p, _ = stable_point(
+                    problem, method=method, rounds=rounds, max_chunks=max_chunks, max_steps=2000
+                )
                 pr.append(classify_stable_point(p, problem, eps=eps))
                 mr.append(float(np.asarray(p)[basins(problem, eps).masks[0]].sum()))
                 sr.append(stability(p, problem).verdict)
