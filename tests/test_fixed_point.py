@@ -226,21 +226,31 @@ def test_loose_tolerance_is_not_called_unstable(nash_problem):
     assert sol.result == curax.RESULTS.certificate_failed
 
 
-def test_stall_reported():
-    # A map whose residual can never reach 1e-30 in float64 (a 2-cycle): the accelerators
-    # stall; plain iteration runs out of steps.
-    fn = lambda p, args: p[::-1]
+def _no_fixed_point(p, args):
+    # A map on the 2-simplex without a fixed point (it jumps at p0 = 1/2): every solver's
+    # residual stays >= 1/2, so its best residual stops improving.
+    del args
+    return jnp.where(p[0] >= 0.5, jnp.array([0.0, 1.0]), jnp.array([1.0, 0.0]))
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [curax.SQUAREM(1e-8, 1e-8, patience=4), curax.NewtonKrylov(1e-8, 1e-8, patience=4)],
+    ids=lambda s: type(s).__name__,
+)
+def test_stall_reported(solver):
     p0 = jnp.array([0.7, 0.3])
-    sol = curax.fixed_point(fn, curax.SQUAREM(0.0, 1e-30, patience=8), p0, throw=False)
-    assert sol.result in (curax.RESULTS.stalled, curax.RESULTS.successful)
-    fn2 = lambda p, args: jnp.array(
-        [0.5 + 0.4 * jnp.sin(40 * p[0]), 0.5 - 0.4 * jnp.sin(40 * p[0])]
-    )
-    sol = curax.fixed_point(
-        fn2, curax.NewtonKrylov(0.0, 1e-30, patience=4), p0, throw=False
-    )
-    assert sol.result in (curax.RESULTS.stalled, curax.RESULTS.successful)
+    sol = curax.fixed_point(_no_fixed_point, solver, p0, throw=False, max_steps=100)
+    assert sol.result == curax.RESULTS.stalled
+    assert bool(sol.stats["stalled"])
     assert "fw_gap" not in sol.stats  # not a replicator map
+    with pytest.raises(Exception, match="stalled"):
+        curax.fixed_point(_no_fixed_point, solver, p0, max_steps=100)
+    # Plain iteration does not declare stalls by default: it runs out of steps.
+    sol = curax.fixed_point(
+        _no_fixed_point, curax.PlainIteration(1e-8, 1e-8), p0, throw=False, max_steps=20
+    )
+    assert sol.result == curax.RESULTS.nonlinear_max_steps_reached
 
 
 def test_bad_inputs(nash_problem):
