@@ -23,8 +23,15 @@ def _reports(results, section):
 def test_reproduce_quick_writes_everything(quick_run):
     code, out = quick_run
     assert code == 0
-    for name in ("report.md", "results.json", "collapse.png", "leakage.png", "finite_k.png",
-                 "sampling.png", "outside_decay.png"):
+    for name in (
+        "report.md",
+        "results.json",
+        "collapse.png",
+        "leakage.png",
+        "finite_k.png",
+        "sampling.png",
+        "outside_decay.png",
+    ):
         assert (out / name).is_file(), name
         assert (out / name).stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
@@ -84,8 +91,10 @@ def test_reproduce_quick_finite_k(quick_run):
     assert phases[-1][0][1] == "two basins"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["reproduce", "--help"], ["solve", "--help"],
-                                  ["bench", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["reproduce", "--help"], ["solve", "--help"], ["bench", "--help"]],
+)
 def test_help(argv, capsys):
     assert main(argv) == 0
     assert "usage" in capsys.readouterr().out
@@ -170,6 +179,8 @@ def test_bench_builtin(capsys):
 
 def test_python_dash_m_help():
     proc = subprocess.run(
-        [sys.executable, "-m", "curax", "reproduce", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "curax", "reproduce", "--help"],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0 and "--quick" in proc.stdout

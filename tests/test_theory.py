@@ -271,7 +271,12 @@ def test_real_data_hypotheses_fail_without_data(getkey):
 def test_finite_k_approaches_k_inf():
     problem = theory.two_well_problem(2.0, 0.3, None, n=N, half_width=3.0)
     study = theory.finite_k_convergence(
-        problem, (8, 32), eps=0.25, rounds=1000, method="dynamics", max_chunks=2,
+        problem,
+        (8, 32),
+        eps=0.25,
+        rounds=1000,
+        method="dynamics",
+        max_chunks=2,
         check_stability=False,
     )
     d = np.array(study.log_u_distance)

@@ -62,9 +62,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sol.add_argument("rewards", help="reward file: .npy, or .csv/.txt with one reward per row")
     sol.add_argument("--weights", default=None, help="comma-separated reward weights (sum 1)")
-    sol.add_argument(
-        "--k", default="inf", help="candidates per round: an int, or 'inf' (default)"
-    )
+    sol.add_argument("--k", default="inf", help="candidates per round: an int, or 'inf' (default)")
     sol.add_argument("--temperature", type=float, default=1.0, help="reward temperature")
     sol.add_argument(
         "--reference-weight",
@@ -79,9 +77,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="stable-point solver (default active-set; SQUAREM with real data)",
     )
     sol.add_argument("--max-steps", type=int, default=20000, help="solver step limit")
-    sol.add_argument(
-        "--tol", type=float, default=1e-8, help="certificate: largest accepted FW gap"
-    )
+    sol.add_argument("--tol", type=float, default=1e-8, help="certificate: largest accepted FW gap")
     sol.add_argument("--out", default=None, help="write the result as JSON to this file")
     sol.add_argument("--top", type=int, default=10, help="atoms to print (default 10)")
 
@@ -118,14 +114,22 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         if bad:
             raise CLIError(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(valid)}")
     results = run_suite(
-        out, quick=args.quick, seed=args.seed, progress=not args.no_progress, sections=sections
+        out,
+        quick=args.quick,
+        seed=args.seed,
+        progress=not args.no_progress,
+        sections=sections,
     )
     meta = results["meta"]
-    status = "all verdicts as expected" if meta["all_as_expected"] else (
-        "UNEXPECTED: " + "; ".join(meta["failures"])
+    status = (
+        "all verdicts as expected"
+        if meta["all_as_expected"]
+        else ("UNEXPECTED: " + "; ".join(meta["failures"]))
     )
-    print(f"curax reproduce: wrote {out / 'report.md'} and {out / 'results.json'} "
-          f"in {meta['seconds']:.1f} s; {status}")
+    print(
+        f"curax reproduce: wrote {out / 'report.md'} and {out / 'results.json'} "
+        f"in {meta['seconds']:.1f} s; {status}"
+    )
     return 0 if meta["all_as_expected"] else 1
 
 
@@ -179,7 +183,9 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         try:
             weights = np.array([float(v) for v in args.weights.split(",")])
         except ValueError:
-            raise CLIError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+            raise CLIError(
+                f"--weights must be comma-separated numbers, got {args.weights!r}"
+            ) from None
     k = _parse_k(args.k)
     ref = np.full(n, 1.0 / n) if args.reference_weight > 0 else None
     problem = CurationProblem(

@@ -38,8 +38,25 @@ class SuiteConfig:
     n: int = 201
     rounds: int = 2000
     leak_separations: tuple[float, ...] = (1.5, 2.0, 3.0)
-    leak_qs: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-    variance_cases: tuple[tuple[float, float], ...] = ((2.0, 0.3), (3.0, 0.5), (1.5, 0.2))
+    leak_qs: tuple[float, ...] = (
+        0.02,
+        0.05,
+        0.1,
+        0.2,
+        0.3,
+        0.4,
+        0.5,
+        0.6,
+        0.7,
+        0.8,
+        0.9,
+        0.95,
+    )
+    variance_cases: tuple[tuple[float, float], ...] = (
+        (2.0, 0.3),
+        (3.0, 0.5),
+        (1.5, 0.2),
+    )
     nash_qs: tuple[float, ...] = (0.2, 0.5, 0.8)
     nash_methods: tuple[str, ...] = ("squarem", "active-set")
     finite_ks: tuple[int, ...] = (2, 8, 32, 128)
@@ -154,12 +171,20 @@ def section_leakage(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
             )
             reports.append(_row(rep))
     plt = _plt()
-    fig, axes = plt.subplots(1, len(cfg.leak_separations), figsize=(3.6 * len(cfg.leak_separations), 3.2))
+    fig, axes = plt.subplots(
+        1, len(cfg.leak_separations), figsize=(3.6 * len(cfg.leak_separations), 3.2)
+    )
     axes = np.atleast_1d(axes)
     for ax, sep in zip(axes, cfg.leak_separations):
         rr = [r for r in rows if r["separation"] == sep]
         qs = np.array([r["q"] for r in rr])
-        ax.fill_between(qs, [r["lo"] for r in rr], [r["hi"] for r in rr], alpha=0.3, label="Lemma 3.5 interval")
+        ax.fill_between(
+            qs,
+            [r["lo"] for r in rr],
+            [r["hi"] for r in rr],
+            alpha=0.3,
+            label="Lemma 3.5 interval",
+        )
         ax.plot(qs, [r["a_inf"] for r in rr], "o-", label="measured a_inf")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="a = q")
         ax.axvspan(0, rr[0]["window"][0], color="grey", alpha=0.15)
@@ -195,7 +220,9 @@ def section_nash(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     for q in cfg.nash_qs:
         r1 = np.where(x < -1, 0.0, np.where(x > 1, -12.0, -15.0))
         r2 = np.where(x > 1, 0.0, np.where(x < -1, -12.0, -15.0))
-        problem = CurationProblem(jnp.stack([jnp.asarray(r1), jnp.asarray(r2)]), jnp.array([q, 1 - q]))
+        problem = CurationProblem(
+            jnp.stack([jnp.asarray(r1), jnp.asarray(r2)]), jnp.array([q, 1 - q])
+        )
         rep = theory.check_nash_bargaining(problem, eps=0.0, rounds=cfg.rounds)
         reports.append(_row(rep))
         agree = _nash_agreement(problem, cfg.rounds, cfg.nash_methods)
@@ -241,7 +268,10 @@ def section_outside(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     ax.set_ylim(1e-300, 2)
     ax.legend(fontsize=8)
     ax.set_title("Lemma 3.3: outside-basin mass decay", fontsize=9)
-    return {"reports": [_row(rep_dom), _row(rep_cmp)], "figure": _save(fig, out, "outside_decay.png")}
+    return {
+        "reports": [_row(rep_dom), _row(rep_cmp)],
+        "figure": _save(fig, out, "outside_decay.png"),
+    }
 
 
 def section_ferbach(cfg: SuiteConfig, out: Path, key: Any) -> dict[str, Any]:
@@ -250,7 +280,13 @@ def section_ferbach(cfg: SuiteConfig, out: Path, key: Any) -> dict[str, Any]:
     n = 61
     xr = np.linspace(-1, 1, n)
     rewards = jnp.stack([jnp.asarray(-0.3 * (xr + 0.5) ** 2), jnp.asarray(-0.3 * (xr - 0.5) ** 2)])
-    real = CurationProblem(rewards, jnp.array([0.4, 0.6]), 2, reference=jnp.full(n, 1 / n), reference_weight=0.6)
+    real = CurationProblem(
+        rewards,
+        jnp.array([0.4, 0.6]),
+        2,
+        reference=jnp.full(n, 1 / n),
+        reference_weight=0.6,
+    )
     reports = [
         _row(theory.check_monotonicity(one, rounds=100)),
         _row(theory.check_monotonicity(two, rounds=200)),
@@ -272,7 +308,11 @@ def section_finite_k(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
         check_stability=not quick_k,
     )
     phase = theory.phase_diagram(
-        cfg.phase_separations, cfg.phase_ks, cfg.phase_qs, n=cfg.phase_n, rounds=cfg.phase_rounds
+        cfg.phase_separations,
+        cfg.phase_ks,
+        cfg.phase_qs,
+        n=cfg.phase_n,
+        rounds=cfg.phase_rounds,
     )
     plt = _plt()
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -325,7 +365,13 @@ def section_sampling(cfg: SuiteConfig, out: Path, key: Any) -> dict[str, Any]:
     ax[0].legend(fontsize=8)
     for j, (q, name) in enumerate(((1.0, "one reward"), (0.3, "two rewards"))):
         _, kept = sampling.simulate_mixture(
-            k3, m0, reward_fn, jnp.array([q, 1 - q]), 4, cfg.gmm_rounds, cfg.gmm_samples,
+            k3,
+            m0,
+            reward_fn,
+            jnp.array([q, 1 - q]),
+            4,
+            cfg.gmm_rounds,
+            cfg.gmm_samples,
             fit_steps=cfg.gmm_fit_steps,
         )
         kept = np.asarray(kept)
@@ -338,7 +384,13 @@ def section_sampling(cfg: SuiteConfig, out: Path, key: Any) -> dict[str, Any]:
         }
         a = ax[1 + j]
         a.scatter(kept[0, :, 0], kept[0, :, 1], s=2, alpha=0.3, label="round 0")
-        a.scatter(kept[-1, :, 0], kept[-1, :, 1], s=2, alpha=0.5, label=f"round {cfg.gmm_rounds}")
+        a.scatter(
+            kept[-1, :, 0],
+            kept[-1, :, 1],
+            s=2,
+            alpha=0.5,
+            label=f"round {cfg.gmm_rounds}",
+        )
         a.plot(*np.asarray(centres).T, "kx")
         a.set_title(f"Gaussian mixture, {name} (q = {q})", fontsize=9)
         a.legend(fontsize=7, markerscale=4)
@@ -390,7 +442,10 @@ def _expected(verdict: str, name: str) -> bool:
 
 
 def _md_table(reports: list[dict[str, Any]]) -> list[str]:
-    lines = ["| check | hypotheses | predicted | measured | verdict |", "|---|---|---|---|---|"]
+    lines = [
+        "| check | hypotheses | predicted | measured | verdict |",
+        "|---|---|---|---|---|",
+    ]
     for r in reports:
         hyp = ", ".join(k for k, v in r["hypotheses"].items() if not v)
         hyp = "all hold" if not hyp else f"fail: {hyp}"
@@ -431,7 +486,11 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         if data.get("reports"):
             lines += _md_table(data["reports"])
         if key == "leakage":
-            lines += ["", "| separation | q | interval | a_inf | verdict |", "|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| separation | q | interval | a_inf | verdict |",
+                "|---|---|---|---|---|",
+            ]
             for r in data["rows"]:
                 lines.append(
                     f"| {r['separation']:g} | {r['q']:g} | [{r['lo']:.4f}, {r['hi']:.4f}] | "
@@ -472,10 +531,16 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             for ki, k in enumerate(ph["ks"]):
                 for qi, q in enumerate(ph["qs"]):
                     cells = [ph["phases"][si][ki][qi] for si in range(len(ph["separations"]))]
-                    lines.append(f"| K={'inf' if k is None else k}, q={q:g} | " + " | ".join(cells) + " |")
+                    lines.append(
+                        f"| K={'inf' if k is None else k}, q={q:g} | " + " | ".join(cells) + " |"
+                    )
         if key == "sampling":
             s = data["study"]
-            lines += ["", f"Fitted rate: L1 distance ~ N^{s['rate']:.3f} (theory -0.5).", ""]
+            lines += [
+                "",
+                f"Fitted rate: L1 distance ~ N^{s['rate']:.3f} (theory -0.5).",
+                "",
+            ]
             lines += ["| N | mean L1 distance | std. error |", "|---|---|---|"]
             for n_s, d, e in zip(s["num_samples"], s["distance"], s["distance_std"]):
                 lines.append(f"| {n_s} | {d:.4f} | {e:.4f} |")
@@ -522,7 +587,9 @@ def run_suite(
     names = [k for k, _ in SECTIONS] if sections is None else list(sections)
     unknown = set(names) - {k for k, _ in SECTIONS}
     if unknown:
-        raise ValueError(f"unknown section(s) {sorted(unknown)}; choose from {[k for k, _ in SECTIONS]}.")
+        raise ValueError(
+            f"unknown section(s) {sorted(unknown)}; choose from {[k for k, _ in SECTIONS]}."
+        )
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "collapse": lambda: section_collapse(cfg, out),
         "leakage": lambda: section_leakage(cfg, out),
@@ -540,7 +607,10 @@ def run_suite(
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=False
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            transient=False,
         ) as bar:
             task = bar.add_task("curax reproduce", total=len(names))
             for name in names:

@@ -221,13 +221,13 @@ def sample_size_study(
     """
     _finite_ks(problem.ks)
     if len(num_samples) < 2 or any(not isinstance(v, int) or v < 1 for v in num_samples):
-        raise ValueError(f"`num_samples` must hold at least two positive ints, got {num_samples!r}.")
+        raise ValueError(
+            f"`num_samples` must hold at least two positive ints, got {num_samples!r}."
+        )
     p0 = problem.uniform() if p0 is None else prepare_distribution(p0, problem)
     pop = np.asarray(trajectory(p0, problem, rounds))
     # One compiled simulator for every N: draw max(N) samples, use the first N.
-    run = eqx.filter_jit(
-        jax.vmap(_histogram_run, in_axes=(0, None, None, None, None, None))
-    )
+    run = eqx.filter_jit(jax.vmap(_histogram_run, in_axes=(0, None, None, None, None, None)))
     n_max = max(num_samples)
     dist, err = [], []
     for i, n_s in enumerate(num_samples):
@@ -269,9 +269,7 @@ class GaussianMixture(eqx.Module):
     log_scales: Float[Array, "c d"]
 
     @staticmethod
-    def init(
-        key: PRNGKeyArray, components: int, dim: int, scale: float = 1.0
-    ) -> "GaussianMixture":
+    def init(key: PRNGKeyArray, components: int, dim: int, scale: float = 1.0) -> "GaussianMixture":
         """Random means `~ N(0, scale^2)`, unit-ish scales `scale / 2`, equal weights."""
         means = scale * jr.normal(key, (components, dim))
         return GaussianMixture(

@@ -389,8 +389,7 @@ def check_monotonicity(
     consistent = worst <= tol
     return TheoremReport(
         name="Monotone expected reward (Ferbach) / potential (K = inf)",
-        statement="log E_p[e^r] (m = 1) or Phi (m > 1, K = inf) never decreases along the "
-        "dynamics",
+        statement="log E_p[e^r] (m = 1) or Phi (m > 1, K = inf) never decreases along the dynamics",
         hypotheses=hypotheses,
         values={"m": problem.num_rewards, "k": [str(k) for k in problem.ks]},
         predicted={"max_decrease": 0.0, "tolerance": tol},
@@ -830,7 +829,11 @@ def check_nash_bargaining(
         statement="a* = q on the mixture family; flat hard-separated basins converge to p_q",
         hypotheses=hypotheses,
         values=values,
-        predicted={"a_star": q, "a_inf_max_deviation": slack, "l1_to_p_q_bound": 2 * slack},
+        predicted={
+            "a_star": q,
+            "a_inf_max_deviation": slack,
+            "l1_to_p_q_bound": 2 * slack,
+        },
         measured={
             "a_star_numeric": a_star,
             "a_star_nash_optimize": a_star_opt,
@@ -909,7 +912,11 @@ def check_real_data_stability(
     has_ref = problem.reference is not None and float(problem.reference_weight) > 0
     full = has_ref and bool(np.all(np.asarray(problem.reference) > 0))
     lip = contraction_bound(problem)
-    hypotheses = {"real_data": has_ref, "reference_full_support": full, "contraction": lip < 1}
+    hypotheses = {
+        "real_data": has_ref,
+        "reference_full_support": full,
+        "contraction": lip < 1,
+    }
     starts = jr.dirichlet(key, jnp.ones((n,), dtype), (num_starts,)).astype(dtype)
     starts = jnp.concatenate([problem.uniform()[None], starts / starts.sum(1, keepdims=True)])
     runs = np.asarray(jax.vmap(lambda p: trajectory(p, problem, rounds))(starts))
@@ -1116,7 +1123,10 @@ def finite_k_convergence(
     dist, gaps, masses, certs, verdicts, points = [], [], [], [], [], []
     for k in ks:
         pk, info = stable_point(
-            problem.with_k(k), method=method, rounds=rounds, max_chunks=max_chunks,
+            problem.with_k(k),
+            method=method,
+            rounds=rounds,
+            max_chunks=max_chunks,
             max_steps=max_steps,
         )
         pk = np.asarray(pk)
@@ -1157,7 +1167,11 @@ PHASES = ("two basins", "one basin", "compromise")
 
 
 def classify_stable_point(
-    p: ArrayLike, problem: CurationProblem, *, eps: float = 0.25, threshold: float = 0.01
+    p: ArrayLike,
+    problem: CurationProblem,
+    *,
+    eps: float = 0.25,
+    threshold: float = 0.01,
 ) -> str:
     """Classify a two-reward stable point: `"two basins"` (each basin-only region keeps at
     least `threshold` mass), `"one basin"`, or `"compromise"` (at least half the mass lies
@@ -1218,7 +1232,10 @@ def two_well_problem(
     x = jnp.linspace(-half_width, half_width, n)
     r = jnp.stack([-curvature * (x + separation / 2) ** 2, -curvature * (x - separation / 2) ** 2])
     return CurationProblem(
-        r, jnp.array([q, 1 - q]), k, quadrature_nodes=quadrature_nodes if k is not None else None
+        r,
+        jnp.array([q, 1 - q]),
+        k,
+        quadrature_nodes=quadrature_nodes if k is not None else None,
     )
 
 
@@ -1256,11 +1273,20 @@ def phase_diagram(
             pr, mr, sr = [], [], []
             for q in qs:
                 problem = two_well_problem(
-                    sep, q, k, n=n, half_width=half_width, curvature=curvature,
+                    sep,
+                    q,
+                    k,
+                    n=n,
+                    half_width=half_width,
+                    curvature=curvature,
                     quadrature_nodes=nodes,
                 )
                 p, _ = stable_point(
-                    problem, method=method, rounds=rounds, max_chunks=max_chunks, max_steps=2000
+                    problem,
+                    method=method,
+                    rounds=rounds,
+                    max_chunks=max_chunks,
+                    max_steps=2000,
                 )
                 pr.append(classify_stable_point(p, problem, eps=eps))
                 mr.append(float(np.asarray(p)[basins(problem, eps).masks[0]].sum()))
@@ -1317,7 +1343,10 @@ def nash_agreement(
     from ._nash import nash_optimize, nash_solution
     from ._solution import RESULTS
 
-    for name, solve in (("nash_solution", nash_solution), ("nash_optimize", nash_optimize)):
+    for name, solve in (
+        ("nash_solution", nash_solution),
+        ("nash_optimize", nash_optimize),
+    ):
         sol = solve(inf, throw=False)
         ok = bool(sol.result == RESULTS.successful)
         out[name] = {
