@@ -321,6 +321,7 @@ def _nash_outputs(sol: Any) -> dict[str, Any]:
         "p": sol.value,
         "claimed": sol.result == curax.RESULTS.successful,
         "evals": sol.stats.get("num_passes", jnp.array(-1)),
+        "result_code": sol.result._value,
     }
 
 
@@ -471,6 +472,12 @@ def map_time(case: Case) -> float:
     return min(ts)
 
 
+def result_name(code: int) -> str:
+    """The name of a `curax.RESULTS` member from its integer code."""
+    names = {int(v._value): k for k, v in curax.RESULTS._name_to_item.items()}
+    return "RESULTS." + names.get(int(code), str(code))
+
+
 def target(case: Case, args: argparse.Namespace) -> float:
     return args.residual_target if case.metric == "residual" else args.gap_target
 
@@ -522,6 +529,8 @@ def run_one(
         error=res.get("error"),
         result_code=int(res["result_code"]) if "result_code" in res else None,
     )
+    if rec["result_code"] is not None:
+        rec["result"] = result_name(rec["result_code"])
     if res.get("error") == "timeout":
         status = "timeout"
     elif correct and not off_simplex:
@@ -944,7 +953,9 @@ def markdown(report: dict[str, Any]) -> str:
             ):
                 dphi = best_phi - r["phi"]
             status = r["status"]
-            if r.get("error") and status != "ok" and r["error"] != status:
+            if r.get("result") and status != "ok":
+                status += f" ({r['result']})"
+            elif r.get("error") and status != "ok" and r["error"] != status:
                 status += f" ({str(r['error'])[:60]})"
             lines.append(
                 f"| {case} | {r['solver']} | {status} | {_fmt(r.get('warm_s'), '.3g')} | "
