@@ -184,3 +184,17 @@ def test_python_dash_m_help():
         text=True,
     )
     assert proc.returncode == 0 and "--quick" in proc.stdout
+
+
+def test_bench_forwards_unknown_options(monkeypatch):
+    calls = []
+
+    def fake_call(cmd):
+        calls.append(cmd)
+        return 0
+
+    monkeypatch.setattr(subprocess, "call", fake_call)
+    assert main(["bench", "--quick", "--only", "random"]) == 0
+    if calls:  # benchmarks/run.py was found: it gets the options
+        assert calls[0][-3:] == ["--quick", "--only", "random"]
+        assert calls[0][1].endswith("run.py")

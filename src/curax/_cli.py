@@ -85,8 +85,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "bench",
         help="time the maps and solvers (runs benchmarks/run.py when present)",
         description="Run benchmarks/run.py from the current folder or the source checkout "
-        "if present (extra arguments are passed on), else a small built-in timing of the "
-        "curation maps.",
+        "if present (options not listed here, e.g. --quick, are passed on to it), else a "
+        "small built-in timing of the curation maps.",
     )
     bench.add_argument("--n", type=int, default=10_000, help="support size (built-in timing)")
     bench.add_argument("--repeats", type=int, default=20, help="timed calls (built-in timing)")
@@ -288,7 +288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     try:
-        args = parser.parse_args(argv)
+        # `curax bench` forwards options it does not know to benchmarks/run.py (e.g. --quick).
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            if args.command != "bench":
+                parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+            args.extra = [*unknown, *args.extra]
     except SystemExit as e:
         return int(e.code) if isinstance(e.code, int) else 2
     if args.command is None:
