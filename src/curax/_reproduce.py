@@ -469,6 +469,14 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "(shown on purpose, with what happened); **compromise** = a point outside both basins "
         "absorbs the mass (Lemma 3.3 needs outside domination).",
         "",
+        "Definitions (scaled rewards r_i / tau): eps-basin S_i = {r_i >= max r_i - eps}; gap "
+        "Delta_i = max r_i - max over the other basin of r_i; kappa_i = exp(-(Delta_i - 2 eps)); "
+        "q-window (kappa_1, 1 - kappa_2); leakage interval [max(0, (q - kappa_1)/(1 - kappa_1)), "
+        "min(1, q/(1 - kappa_2))]; outside domination rho = max over points in no basin of "
+        "exp(r_1 - max r_1) + exp(r_2 - max r_2) < 1 (a bound on the growth factor there at the "
+        "stable point). Limits are certified: the dynamics run until the growth certificate "
+        "max G - 1 is below 1e-8, or a solver (ActiveSetNewton / SQUAREM) certifies them.",
+        "",
         "## Summary",
         "",
         "| section | check | verdict |",

@@ -169,7 +169,12 @@ class Basins:
 
 def basins(problem: CurationProblem, eps: float = 0.0) -> Basins:
     """Compute the eps-optimal basins, gaps `Delta_i` and leakage factors `kappa_i` of a
-    problem's (scaled) rewards.
+    problem's (scaled) rewards `r_i / tau`:
+
+    - `S_i = {x : r_i(x) >= M_i - eps}`, `M_i = max r_i`;
+    - `Delta_i = M_i - max_{x in S_j, j != i} r_i(x)`: what reward `i` loses on the best
+        point of the other basin(s) (`inf` for a single reward);
+    - `kappa_i = exp(-(Delta_i - 2 eps))`, Falahati et al.'s leakage factor.
 
     **Arguments:**
 
