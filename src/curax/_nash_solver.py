@@ -242,16 +242,22 @@ def _top_candidates(score: Array, count: int) -> tuple[Array, Array]:
     argmax over every tile costs several times a read of E."""
     n = score.shape[0]
     tile = min(_TILE, n)
-    nt = -(-n // tile)
-    if nt * tile != n:
-        score = jnp.pad(score, (0, nt * tile - n), constant_values=-jnp.inf)
-    tiles2d = score.reshape(nt, tile)
+    full = n // tile
+    rest = n - full * tile
+    # Whole tiles come from a reshape of a slice; only the short tail is padded (padding all
+    # of `score` is a copy of n entries, several times slower than the reduction itself).
+    tiles2d = score[: full * tile].reshape(full, tile)
     tmax = jnp.max(tiles2d, axis=1)
+    if rest:
+        tail = jnp.pad(score[full * tile :], (0, tile - rest), constant_values=-jnp.inf)
+        tmax = jnp.concatenate([tmax, jnp.max(tail)[None]])
+    nt = tmax.shape[0]
     if nt < count:
         tmax = jnp.pad(tmax, (0, count - nt), constant_values=-jnp.inf)
     vals, tiles = lax.top_k(tmax, count)
-    tiles = jnp.minimum(tiles, nt - 1)
-    inner = jnp.argmax(tiles2d[tiles], axis=1)
+    inner = jnp.argmax(tiles2d[jnp.minimum(tiles, full - 1)], axis=1)
+    if rest:
+        inner = jnp.where(tiles >= full, jnp.argmax(tail), inner)
     idx = jnp.minimum(tiles.astype(inner.dtype) * tile + inner, n - 1)
     return idx, vals > -jnp.inf
 
