@@ -178,12 +178,22 @@ def section_leakage(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     for ax, sep in zip(axes, cfg.leak_separations):
         rr = [r for r in rows if r["separation"] == sep]
         qs = np.array([r["q"] for r in rr])
+        inside = np.array([r["window"][0] < r["q"] < r["window"][1] for r in rr])
         ax.fill_between(
             qs,
             [r["lo"] for r in rr],
             [r["hi"] for r in rr],
+            where=inside,
             alpha=0.3,
-            label="Lemma 3.5 interval",
+            label="Lemma 3.5 interval (inside the q-window)",
+        )
+        ax.vlines(
+            qs[inside],
+            np.array([r["lo"] for r in rr])[inside],
+            np.array([r["hi"] for r in rr])[inside],
+            color="C0",
+            alpha=0.5,
+            lw=3,
         )
         ax.plot(qs, [r["a_inf"] for r in rr], "o-", label="measured a_inf")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="a = q")
@@ -192,7 +202,7 @@ def section_leakage(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
         ax.set_title(f"separation {sep} (curvature 1, eps {eps})", fontsize=9)
         ax.set_xlabel("q")
     axes[0].set_ylabel("basin-1 mass")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6, loc="upper left")
     return {"rows": rows, "reports": reports, "figure": _save(fig, out, "leakage.png")}
 
 
