@@ -448,16 +448,18 @@ def _nash_solution_core(
     check_sign: bool,
 ):
     utilities = e
-    e = check_value(
-        e,
+    # Checks are attached to the small `alpha`, which every pass uses: an `error_if` on `E`
+    # itself would copy the whole matrix.
+    alpha = check_value(
+        alpha,
         jnp.any(disagreement != 0),
         "`nash_solution` solves disagreement point 0; use `curax.nash_optimize` for another "
         "disagreement point.",
     )
     if check_sign:
         # (Skipped for exp utilities, positive by construction: this check is a read of E.)
-        e = check_value(
-            e,
+        alpha = check_value(
+            alpha,
             jnp.any(e < 0),
             "`nash_solution` needs non-negative utilities (log u must be defined); shift "
             "linear rewards or use `curax.nash_optimize`.",
