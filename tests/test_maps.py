@@ -312,3 +312,13 @@ def test_error_if_is_not_dead_code_under_eqx_jit():
     f = eqx.filter_jit(lambda p: curax.curate(p, _prob()))
     with pytest.raises(Exception, match="non-negative"):
         f(jnp.array([-0.5, 1.0, 0.5]))
+
+
+def test_grid_2d_rewards():
+    pts = curax.grid_2d(-1.0, 1.0, (4, 5))
+    assert pts.shape == (20, 2)
+    r = curax.quadratic_reward(pts, jnp.array([0.5, 0.2]), curvature=2.0)
+    expected = -2.0 * ((np.asarray(pts)[:, 0] - 0.5) ** 2 + (np.asarray(pts)[:, 1] - 0.2) ** 2)
+    np.testing.assert_allclose(r, expected, rtol=1e-14)
+    b = curax.gaussian_bump_reward(pts, jnp.array([0.0, 0.0]), width=0.5)
+    assert float(b.max()) <= 1.0 and b.shape == (20,)

@@ -55,7 +55,7 @@ def _sq_dist(points: Array, center: ArrayLike) -> Array:
     center = jnp.asarray(center, points.dtype)
     if points.ndim == 1:
         return (points - center) ** 2
-    return jnp.sum((points - center) ** 2, axis=-1)
+    return jnp.sum((points - center[None, :]) ** 2, axis=-1)
 
 
 def quadratic_reward(

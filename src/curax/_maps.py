@@ -100,16 +100,17 @@ def _laplace_growth(
     r, n = s.shape
     spread = jnp.max(s, axis=-1) - jnp.min(s, axis=-1)
     covered = spread_for_nodes(num_nodes)
-    s = eqx.error_if(
-        s,
+    # The checks hang on the small `k`: an error_if on the (r, n) rewards would copy them.
+    k = eqx.error_if(
+        k,
         jnp.any(spread > covered + 1e-9),
         f"The scaled rewards span more nats than the finite-K quadrature covers "
         f"({covered:.1f} nats with quadrature_nodes={num_nodes}); pass "
         f"`quadrature_nodes=curax.nodes_for_spread(spread)` to `CurationProblem`.",
     )
     if jnp.finfo(dtype).bits < 64:
-        s = eqx.error_if(
-            s,
+        k = eqx.error_if(
+            k,
             jnp.any(spread > 80.0),
             "The finite-K map in float32 overflows for reward spreads above 80 nats; use "
             "float64 rewards.",
