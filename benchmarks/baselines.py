@@ -122,9 +122,7 @@ def jaxopt_anderson(
 # --------------------------------------------------------------------------------------
 
 
-def numpy_map(
-    E: np.ndarray, alpha: np.ndarray, ref: np.ndarray | None = None, rw: float = 0.0
-):
+def numpy_map(E: np.ndarray, alpha: np.ndarray, ref: np.ndarray | None = None, rw: float = 0.0):
     """The K -> infinity map on a precomputed `E = exp(r - max r)`:
     `p -> rw * ref + (1 - rw) * p * E^T (alpha / E p)`."""
 
@@ -135,9 +133,7 @@ def numpy_map(
     return f
 
 
-def scipy_fixed_point(
-    f, p0: np.ndarray, *, tol: float, max_steps: int
-) -> dict[str, Any]:
+def scipy_fixed_point(f, p0: np.ndarray, *, tol: float, max_steps: int) -> dict[str, Any]:
     """`scipy.optimize.fixed_point(f, p0, xtol=tol, method="del2")` (Steffensen with Aitken
     extrapolation, its default). `f` is any numpy map; scipy raises when it does not
     converge, which is recorded as a failure. `xtol` is relative."""
@@ -153,9 +149,7 @@ def scipy_fixed_point(
 
     try:
         with np.errstate(all="ignore"):
-            p = optimize.fixed_point(
-                counted, p0, xtol=tol, maxiter=max_steps, method="del2"
-            )
+            p = optimize.fixed_point(counted, p0, xtol=tol, maxiter=max_steps, method="del2")
         return {"p": np.asarray(p), "claimed": True, "evals": count[0], "error": None}
     except (RuntimeError, FloatingPointError, ValueError) as e:
         return {
@@ -265,9 +259,7 @@ def cvxpy_nash(
 
 ISOLATED = {
     "scipy_simplex_minimize": scipy_simplex_minimize,
-    "cvxpy_clarabel": lambda E, a, p0, **kw: cvxpy_nash(
-        E, a, p0, solver="CLARABEL", **kw
-    ),
+    "cvxpy_clarabel": lambda E, a, p0, **kw: cvxpy_nash(E, a, p0, solver="CLARABEL", **kw),
     "cvxpy_scs": lambda E, a, p0, **kw: cvxpy_nash(E, a, p0, solver="SCS", **kw),
 }
 
@@ -313,10 +305,7 @@ def run_isolated(
             res = json.loads(str(f["meta"]))
             res["p"] = f["p"]
         res.setdefault("wall_s", wall)
-        if (
-            res.get("warm_s") is not None
-            and res["warm_s"] + res.get("compile_s", 0) > time_limit
-        ):
+        if res.get("warm_s") is not None and res["warm_s"] + res.get("compile_s", 0) > time_limit:
             res["error"] = res.get("error") or "timeout"
             res["claimed"] = False
         return res

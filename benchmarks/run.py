@@ -129,9 +129,7 @@ def build_cases(quick: bool, max_n: int) -> list[Case]:
     cases: list[Case] = []
 
     def two_basin(n, k=None, rw=0.0, q=0.3):  # on a 1-D grid of n points
-        return curax.two_basin_problem(
-            n=n, separation=3.0, q=q, k=k, reference_weight=rw
-        )[1]
+        return curax.two_basin_problem(n=n, separation=3.0, q=q, k=k, reference_weight=rw)[1]
 
     if quick:
         cases += [
@@ -140,9 +138,7 @@ def build_cases(quick: bool, max_n: int) -> list[Case]:
             Case("grid2d 32x32 m=3", "2-D grid", grid_problem(32), grid_shape=(32, 32)),
             Case("two_basin K=8 n=300", "finite K", two_basin(300, k=8)),
             Case("real data rw=0.2 n=1e3", "real-data mixing", two_basin(1000, rw=0.2)),
-            Case(
-                "fails safely n=200", "fails safely", two_basin(200), fails_safely=True
-            ),
+            Case("fails safely n=200", "fails safely", two_basin(200), fails_safely=True),
         ]
     else:
         cases += [
@@ -166,17 +162,13 @@ def build_cases(quick: bool, max_n: int) -> list[Case]:
             Case("two_basin K=2 n=1e3", "finite K", two_basin(1000, k=2)),
             Case("two_basin K=8 n=1e3", "finite K", two_basin(1000, k=8)),
             Case("two_basin K=64 n=1e3", "finite K", two_basin(1000, k=64)),
-            Case(
-                "real data rw=0.2 n=1e4", "real-data mixing", two_basin(10_000, rw=0.2)
-            ),
+            Case("real data rw=0.2 n=1e4", "real-data mixing", two_basin(10_000, rw=0.2)),
             Case(
                 "real data K=8 rw=0.2 n=1e3",
                 "real-data mixing",
                 two_basin(1000, k=8, rw=0.2),
             ),
-            Case(
-                "fails safely n=200", "fails safely", two_basin(200), fails_safely=True
-            ),
+            Case("fails safely n=200", "fails safely", two_basin(200), fails_safely=True),
         ]
     for c in cases:  # two-basin and random rewards live on 1-D grids
         if c.grid_shape is None:
@@ -186,9 +178,7 @@ def build_cases(quick: bool, max_n: int) -> list[Case]:
 
 def numpy_e(problem: Any) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(problem.scaled_rewards, np.float64)
-    return np.exp(s - s.max(axis=1, keepdims=True)), np.asarray(
-        problem.weights, np.float64
-    )
+    return np.exp(s - s.max(axis=1, keepdims=True)), np.asarray(problem.weights, np.float64)
 
 
 # --------------------------------------------------------------------------------------
@@ -294,9 +284,7 @@ def curax_solvers(tol: float) -> list[Solver]:
 
 def _curax_fixed_point(solver: Any, max_steps: int) -> Callable[..., Any]:
     def fn(problem, p0):
-        sol = curax.fixed_point(
-            curax.curate, solver, p0, problem, max_steps=max_steps, throw=False
-        )
+        sol = curax.fixed_point(curax.curate, solver, p0, problem, max_steps=max_steps, throw=False)
         return {
             "p": sol.value,
             "claimed": sol.result == curax.RESULTS.successful,
@@ -307,9 +295,7 @@ def _curax_fixed_point(solver: Any, max_steps: int) -> Callable[..., Any]:
     return fn
 
 
-def _run_nash(
-    case: Case, p0: Any, max_steps: int, time_limit: float, tol: float
-) -> dict:
+def _run_nash(case: Case, p0: Any, max_steps: int, time_limit: float, tol: float) -> dict:
     fn = lambda pr, p0: _nash_outputs(
         curax.nash_solution(pr, grid_shape=case.grid_shape, tol=tol, throw=False)
     )
@@ -350,9 +336,7 @@ def competitor_solvers(tol: float) -> list[Solver]:
             steps_per_eval=1 / 1000,
             iterative=False,
         ),
-        Solver(
-            "jaxopt Anderson", "competitor", lambda c: True, make=jx(B.jaxopt_anderson)
-        ),
+        Solver("jaxopt Anderson", "competitor", lambda c: True, make=jx(B.jaxopt_anderson)),
         Solver(
             "scipy fixed_point",
             "competitor",
@@ -409,20 +393,14 @@ def _run_scipy_fixed_point(
 ) -> dict:
     if case.k_inf:
         E, alpha = numpy_e(case.problem)
-        ref = (
-            None
-            if case.problem.reference is None
-            else np.asarray(case.problem.reference)
-        )
+        ref = None if case.problem.reference is None else np.asarray(case.problem.reference)
         f = B.numpy_map(E, alpha, ref, float(case.problem.reference_weight))
     else:  # the exact finite-K map, jitted, called from numpy
         jf = jax.jit(B.unchecked_map)
         f = lambda p: np.asarray(jf(jnp.asarray(p), case.problem))
         f(np.asarray(p0))
     t0 = time.perf_counter()
-    res = B.scipy_fixed_point(
-        f, np.asarray(p0, np.float64), tol=tol, max_steps=max_steps
-    )
+    res = B.scipy_fixed_point(f, np.asarray(p0, np.float64), tol=tol, max_steps=max_steps)
     res["warm_s"] = time.perf_counter() - t0
     res["compile_s"] = 0.0
     return res
@@ -482,14 +460,10 @@ def target(case: Case, args: argparse.Namespace) -> float:
     return args.residual_target if case.metric == "residual" else args.gap_target
 
 
-def run_one(
-    solver: Solver, case: Case, args: argparse.Namespace, t_map: float
-) -> dict[str, Any]:
+def run_one(solver: Solver, case: Case, args: argparse.Namespace, t_map: float) -> dict[str, Any]:
     p0 = case.problem.uniform()
     # The step budget that fits the time limit (a hang is impossible: every loop is bounded).
-    max_steps = int(
-        np.clip(args.time_limit / (t_map * 1.3) * solver.steps_per_eval, 20, 200_000)
-    )
+    max_steps = int(np.clip(args.time_limit / (t_map * 1.3) * solver.steps_per_eval, 20, 200_000))
     rec: dict[str, Any] = {
         "case": case.name,
         "family": case.family,
@@ -553,16 +527,12 @@ def run_one(
     return rec
 
 
-def run_curves(
-    case: Case, solvers: list[Solver], args: argparse.Namespace, t_map: float
-) -> dict:
+def run_curves(case: Case, solvers: list[Solver], args: argparse.Namespace, t_map: float) -> dict:
     """Certified gap after a growing step budget, for every iterative JAX solver (each budget
     is a separate compiled run, timed warm)."""
     curves: dict[str, Any] = {}
     top = max(8, int(min(args.time_limit / (t_map * 1.3), 20_000)))
-    budgets = sorted(
-        set(np.unique(np.geomspace(2, top, args.curve_points).astype(int)).tolist())
-    )
+    budgets = sorted(set(np.unique(np.geomspace(2, top, args.curve_points).astype(int)).tolist()))
     p0 = case.problem.uniform()
     for s in solvers:
         if s.make is None or not s.iterative or not s.applies(case):
@@ -587,10 +557,7 @@ def run_curves(
                 }
             )
             spent += res["warm_s"] + res["compile_s"]
-            if (
-                cert[case.metric] <= target(case, args) * 1e-2
-                or spent > 3 * args.time_limit
-            ):
+            if cert[case.metric] <= target(case, args) * 1e-2 or spent > 3 * args.time_limit:
                 break
         curves[s.name] = pts
     return curves
@@ -605,9 +572,7 @@ def throughput(n: int, m: int, reps: int, k_finite: int) -> list[dict[str, Any]]
     rows = []
     for dtype in (jnp.float32, jnp.float64):
         problem = random_problem(n, m, seed=7, dtype=dtype)
-        E = jnp.exp(
-            problem.scaled_rewards - jnp.max(problem.scaled_rewards, 1, keepdims=True)
-        )
+        E = jnp.exp(problem.scaled_rewards - jnp.max(problem.scaled_rewards, 1, keepdims=True))
         p = problem.uniform()
         w = problem.weights
 
@@ -662,9 +627,7 @@ def throughput(n: int, m: int, reps: int, k_finite: int) -> list[dict[str, Any]]
 # --------------------------------------------------------------------------------------
 
 
-def sweep_benchmark(
-    n: int, nq: int, nsep: int, nash_too: bool = True
-) -> list[dict[str, Any]]:
+def sweep_benchmark(n: int, nq: int, nsep: int, nash_too: bool = True) -> list[dict[str, Any]]:
     """`curax.sweep` over q x separation of two-basin problems (n points each), against a
     Python loop over the same jitted function, for two workloads: the certified Nash solve
     (a data-dependent while loop: under vmap every lane runs until the slowest converges)
@@ -699,14 +662,10 @@ def sweep_benchmark(
     for name, fn in workloads:
         first = curax.sweep(fn, grid, chunk_size=nq * nsep, progress=False)
         t0 = time.perf_counter()
-        res = curax.sweep(
-            fn, grid, chunk_size=nq * nsep, progress=False
-        )  # compiled: cached
+        res = curax.sweep(fn, grid, chunk_size=nq * nsep, progress=False)  # compiled: cached
         t_sweep = time.perf_counter() - t0
         one = jax.jit(fn)
-        _block(
-            one(jnp.asarray(grid["q"][0]), jnp.asarray(grid["sep"][0]))
-        )  # same dtypes
+        _block(one(jnp.asarray(grid["q"][0]), jnp.asarray(grid["sep"][0])))  # same dtypes
         t0 = time.perf_counter()
         loop_phi = np.array(
             [
@@ -725,9 +684,7 @@ def sweep_benchmark(
                 "loop_s": t_loop,
                 "speedup": t_loop / t_sweep,
                 "max_gap": float(np.max(res.values["gap"])),
-                "max_phi_diff_vs_loop": float(
-                    np.max(np.abs(res.values["phi"] - loop_phi))
-                ),
+                "max_phi_diff_vs_loop": float(np.max(np.abs(res.values["phi"] - loop_phi))),
                 "devices": first.info["devices"],
             }
         )
@@ -749,10 +706,7 @@ def memory_child(n: int, m: int) -> None:
     for _ in range(m):
         r = jnp.zeros((n,), jnp.float32)
         for _ in range(4):
-            f, ph, a = (
-                float(v)
-                for v in (rng.uniform(0.5, 4), rng.uniform(0, 6.28), rng.normal())
-            )
+            f, ph, a = (float(v) for v in (rng.uniform(0.5, 4), rng.uniform(0, 6.28), rng.normal()))
             r = r + a * jnp.cos(2 * np.pi * f * x + ph)
         rows.append(6.0 * (r - r.min()) / (r.max() - r.min()))
     rewards = jnp.stack(rows)
@@ -818,9 +772,7 @@ def memory_benchmark(n: int, m: int, timeout: float) -> dict[str, Any]:
 def add_ratios(records: list[dict[str, Any]]) -> None:
     for case in {r["case"] for r in records}:
         rs = [r for r in records if r["case"] == case]
-        comp = [
-            r["warm_s"] for r in rs if r["kind"] == "competitor" and r.get("warm_s")
-        ]
+        comp = [r["warm_s"] for r in rs if r["kind"] == "competitor" and r.get("warm_s")]
         fastest = min(comp) if comp else None
         for r in rs:
             r["ratio_to_fastest_competitor"] = (
@@ -844,17 +796,13 @@ def plot_curves(
             continue
         y = [max(q[metric], 1e-17) for q in pts]
         axes[0].loglog([q["time_s"] for q in pts], y, marker="o", ms=3, label=name)
-        axes[1].loglog(
-            [max(q["evals"], 1) for q in pts], y, marker="o", ms=3, label=name
-        )
+        axes[1].loglog([max(q["evals"], 1) for q in pts], y, marker="o", ms=3, label=name)
     for r in records:
         if r["case"] != case.name or r["solver"] in curves or r.get(metric) is None:
             continue
         t = r.get("warm_s") or r.get("spent_s")
         if t and np.isfinite(r[metric]):
-            axes[0].loglog(
-                [t], [max(r[metric], 1e-17)], marker="*", ms=9, ls="", label=r["solver"]
-            )
+            axes[0].loglog([t], [max(r[metric], 1e-17)], marker="*", ms=9, ls="", label=r["solver"])
             if r.get("evals") and r["evals"] > 0:
                 axes[1].loglog(
                     [r["evals"]],
@@ -938,19 +886,13 @@ def markdown(report: dict[str, Any]) -> str:
     recs = report["records"]
     for case in dict.fromkeys(r["case"] for r in recs):
         rs = [r for r in recs if r["case"] == case]
-        phis = [
-            r["phi"] for r in rs if r.get("phi") is not None and math.isfinite(r["phi"])
-        ]
+        phis = [r["phi"] for r in rs if r.get("phi") is not None and math.isfinite(r["phi"])]
         best_phi = max(phis) if phis else None
         for r in rs:
             ev = r.get("evals")
             evs = "–" if ev is None or ev < 0 else f"{ev} {r['evals_kind']}"
             dphi = None
-            if (
-                best_phi is not None
-                and r.get("phi") is not None
-                and math.isfinite(r["phi"])
-            ):
+            if best_phi is not None and r.get("phi") is not None and math.isfinite(r["phi"]):
                 dphi = best_phi - r["phi"]
             status = r["status"]
             if r.get("result") and status != "ok":
@@ -979,17 +921,11 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"- {r['solver']} on {r['case']}: certified {r['metric']} {_fmt(val)}"
                 + (f", min p {r['min_p']:.1e}" if r.get("min_p", 0) < -1e-9 else "")
-                + (
-                    f", |sum p - 1| {r['sum_err']:.1e}"
-                    if r.get("sum_err", 0) > 1e-6
-                    else ""
-                )
+                + (f", |sum p - 1| {r['sum_err']:.1e}" if r.get("sum_err", 0) > 1e-6 else "")
             )
         safe = [r for r in recs if r["status"] == "reported failure"]
         for r in safe:
-            lines.append(
-                f"- {r['solver']} on {r['case']}: reported failure — {r.get('note', '')}"
-            )
+            lines.append(f"- {r['solver']} on {r['case']}: reported failure — {r.get('note', '')}")
     if report.get("curves"):
         lines += [
             "",
@@ -1028,7 +964,8 @@ def markdown(report: dict[str, Any]) -> str:
             "device(s), against a Python loop over the same jitted function (warm; the sweep "
             "compiles once per shape). Same answers (last column).",
             "",
-            "| workload | sweep [ms] | compile [s] | loop [ms] | speedup | max FW gap | max abs Phi diff |",
+            "| workload | sweep [ms] | compile [s] | loop [ms] | speedup | max FW gap "
+            "| max abs Phi diff |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in sw:
@@ -1071,12 +1008,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--quick", action="store_true", help="small problems, ~2 minutes")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument(
-        "--max-n", type=int, default=None, help="skip problems with more points"
-    )
-    ap.add_argument(
-        "--time-limit", type=float, default=None, help="seconds per solver run"
-    )
+    ap.add_argument("--max-n", type=int, default=None, help="skip problems with more points")
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds per solver run")
     ap.add_argument("--only", default=None, help="regex on problem names")
     ap.add_argument("--gap-target", type=float, default=1e-8)
     ap.add_argument("--residual-target", type=float, default=1e-9)
@@ -1091,9 +1024,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--memory-n", type=int, default=10_000_000)
-    ap.add_argument(
-        "--markdown", default=os.path.join(HERE, "RESULTS.md"), help="'' to skip"
-    )
+    ap.add_argument("--markdown", default=os.path.join(HERE, "RESULTS.md"), help="'' to skip")
     ap.add_argument(
         "--figures",
         default=None,
@@ -1129,9 +1060,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "x64": bool(jax.config.jax_enable_x64),
     }
     label = f"{env['device_kind']}, float64"
-    print(
-        f"curax benchmark suite on {env['device_kind']} ({env['platform']}), x64={env['x64']}"
-    )
+    print(f"curax benchmark suite on {env['device_kind']} ({env['platform']}), x64={env['x64']}")
 
     cases = build_cases(args.quick, args.max_n)
     if args.only:
@@ -1145,7 +1074,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for case in cases:
         t_map = map_time(case)
         print(
-            f"\n== {case.name}  (n={case.n}, m={case.m}, K={case.k_label}, map {t_map * 1e3:.2f} ms)"
+            f"\n== {case.name}  (n={case.n}, m={case.m}, K={case.k_label}, "
+            f"map {t_map * 1e3:.2f} ms)"
         )
         for s in solvers:
             if case.fails_safely and s.name not in ("optx Newton", "curax SQUAREM"):
@@ -1169,18 +1099,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_ratios(records)
     for case in cases:
         if case.name in curves:
-            fname = (
-                "curves_" + re.sub(r"[^A-Za-z0-9]+", "_", case.name).strip("_") + ".png"
-            )
+            fname = "curves_" + re.sub(r"[^A-Za-z0-9]+", "_", case.name).strip("_") + ".png"
             path = os.path.join(args.figures, fname)
-            plot_curves(
-                case, curves[case.name], records, label, path, target(case, args)
-            )
-            md_dir = (
-                os.path.dirname(os.path.abspath(args.markdown))
-                if args.markdown
-                else HERE
-            )
+            plot_curves(case, curves[case.name], records, label, path, target(case, args))
+            md_dir = os.path.dirname(os.path.abspath(args.markdown)) if args.markdown else HERE
             curve_files[case.name] = os.path.relpath(path, md_dir)
 
     tp = None
@@ -1189,19 +1111,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tp = throughput(1_000_000, 8, reps=3 if args.quick else 5, k_finite=8)
         for t in tp:
             print(
-                f"  {t['dtype']:8s} {t['what']:36s} {t['seconds'] * 1e3:9.2f} ms  floor ratio {t['floor_ratio']:.3f}"
+                f"  {t['dtype']:8s} {t['what']:36s} {t['seconds'] * 1e3:9.2f} ms  "
+                f"floor ratio {t['floor_ratio']:.3f}"
             )
     sw = None
     if not args.no_sweep:
         print("\n== sweep (two-basin problems, batched vs loop)")
-        sw = (
-            sweep_benchmark(1000, 16, 8)
-            if not args.quick
-            else sweep_benchmark(1000, 8, 4, False)
-        )
+        sw = sweep_benchmark(1000, 16, 8) if not args.quick else sweep_benchmark(1000, 8, 4, False)
         for r in sw:
             print(
-                f"   {r['workload']:34s} sweep {r['sweep_s'] * 1e3:8.1f} ms  loop {r['loop_s'] * 1e3:8.1f} ms  speedup {r['speedup']:.2f}"
+                f"   {r['workload']:34s} sweep {r['sweep_s'] * 1e3:8.1f} ms  "
+                f"loop {r['loop_s'] * 1e3:8.1f} ms  speedup {r['speedup']:.2f}"
             )
     mem = None
     if not args.no_memory and not args.quick:
@@ -1241,9 +1161,7 @@ def fails_safely(case: Case, args: argparse.Namespace) -> list[dict[str, Any]]:
     solver = optx.Newton(rtol=args.solver_tol, atol=args.solver_tol)
 
     def fn(problem, p0):
-        sol = curax.fixed_point(
-            curax.curate, solver, p0, problem, max_steps=100, throw=False
-        )
+        sol = curax.fixed_point(curax.curate, solver, p0, problem, max_steps=100, throw=False)
         return {
             "p": sol.value,
             "claimed": sol.result == curax.RESULTS.successful,

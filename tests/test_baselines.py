@@ -75,26 +75,20 @@ def test_isolated_crash_is_recorded(nash):
 def test_fixed_point_baselines_agree_with_real_data():
     # With real data the map is a contraction with a unique full-support fixed point: every
     # generic fixed-point solver must find the same one.
-    _, problem = curax.two_basin_problem(
-        n=50, separation=3.0, q=0.3, reference_weight=0.3
-    )
+    _, problem = curax.two_basin_problem(n=50, separation=3.0, q=0.3, reference_weight=0.3)
     p0 = problem.uniform()
-    ref = jax.jit(
-        lambda pr, p: baselines.optx_iteration(pr, p, tol=1e-13, max_steps=5000)
-    )(problem, p0)
+    ref = jax.jit(lambda pr, p: baselines.optx_iteration(pr, p, tol=1e-13, max_steps=5000))(
+        problem, p0
+    )
     assert bool(ref["claimed"])
     p_ref = np.asarray(ref["p"])
-    np.testing.assert_allclose(
-        curax.curate(jnp.asarray(p_ref), problem), p_ref, atol=1e-12
-    )
+    np.testing.assert_allclose(curax.curate(jnp.asarray(p_ref), problem), p_ref, atol=1e-12)
     and_ = baselines.jaxopt_anderson(problem, p0, tol=1e-12, max_steps=5000)
     assert bool(and_["claimed"])
     np.testing.assert_allclose(np.asarray(and_["p"]), p_ref, atol=1e-9)
     s = np.asarray(problem.scaled_rewards)
     E = np.exp(s - s.max(axis=1, keepdims=True))
-    f = baselines.numpy_map(
-        E, np.asarray(problem.weights), np.asarray(problem.reference), 0.3
-    )
+    f = baselines.numpy_map(E, np.asarray(problem.weights), np.asarray(problem.reference), 0.3)
     sp = baselines.scipy_fixed_point(f, np.asarray(p0), tol=1e-12, max_steps=500)
     assert sp["claimed"], sp["error"]
     np.testing.assert_allclose(sp["p"], p_ref, atol=1e-9)

@@ -18,9 +18,7 @@ def _iterate(p, problem, rounds):
 def _fn(q, sep, k):
     # Two basins on a fixed grid (the grid may not depend on a traced parameter).
     x = curax.grid_1d(-3.0, 3.0, 40)
-    rewards = jnp.stack(
-        [curax.quadratic_reward(x, -sep / 2), curax.quadratic_reward(x, sep / 2)]
-    )
+    rewards = jnp.stack([curax.quadratic_reward(x, -sep / 2), curax.quadratic_reward(x, sep / 2)])
     problem = curax.CurationProblem(
         rewards, jnp.stack([q, 1 - q]), k, quadrature_nodes=curax.nodes_for_spread(26.0)
     )
@@ -40,9 +38,7 @@ _GRID = {
 
 
 def test_sweep_matches_pointwise_evaluation(tmp_path):
-    res = curax.sweep(
-        _fn, _GRID, static=["k"], chunk_size=5, out=tmp_path, progress=False
-    )
+    res = curax.sweep(_fn, _GRID, static=["k"], chunk_size=5, out=tmp_path, progress=False)
     assert res.shape == (4, 3, 2)
     assert res.values["p"].shape == (4, 3, 2, 40)
     # Each grid point computed on its own (no vmap, no chunking, no padding).
@@ -64,15 +60,11 @@ def test_sweep_matches_pointwise_evaluation(tmp_path):
 
 
 def test_sweep_resumes_and_refuses_other_grid(tmp_path):
-    first = curax.sweep(
-        _fn, _GRID, static=["k"], chunk_size=5, out=tmp_path, progress=False
-    )
+    first = curax.sweep(_fn, _GRID, static=["k"], chunk_size=5, out=tmp_path, progress=False)
     assert first.info["chunks_computed"] == first.info["num_chunks"] == 2 * 3
     chunks = sorted(os.listdir(tmp_path / "chunks"))
     os.remove(tmp_path / "chunks" / chunks[2])
-    again = curax.sweep(
-        _fn, _GRID, static=["k"], chunk_size=5, out=tmp_path, progress=False
-    )
+    again = curax.sweep(_fn, _GRID, static=["k"], chunk_size=5, out=tmp_path, progress=False)
     assert again.info["chunks_computed"] == 1
     for name in first.values:
         np.testing.assert_array_equal(first.values[name], again.values[name])
@@ -81,9 +73,7 @@ def test_sweep_resumes_and_refuses_other_grid(tmp_path):
     assert json.loads((tmp_path / "meta.json").read_text())["complete"]
     other = dict(_GRID, q=np.linspace(0.1, 0.9, 3))
     with pytest.raises(ValueError, match="different sweep"):
-        curax.sweep(
-            _fn, other, static=["k"], chunk_size=5, out=tmp_path, progress=False
-        )
+        curax.sweep(_fn, other, static=["k"], chunk_size=5, out=tmp_path, progress=False)
     res = curax.sweep(
         _fn,
         other,
@@ -241,9 +231,7 @@ def test_multiprocess_sweep(tmp_path):
 
     def fn(q, seed):
         rewards = jax.random.normal(jax.random.PRNGKey(seed), (3, 64))
-        problem = curax.CurationProblem(
-            rewards, jnp.stack([q, (1 - q) / 2, (1 - q) / 2])
-        )
+        problem = curax.CurationProblem(rewards, jnp.stack([q, (1 - q) / 2, (1 - q) / 2]))
         p = _iterate(problem.uniform(), problem, 30)
         return {"phi": curax.potential(p, problem)}
 

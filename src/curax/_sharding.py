@@ -122,9 +122,7 @@ def shard_support(
     )
     problem = eqx.tree_at(lambda pr: pr.rewards, problem, along_last(problem.rewards))
     if problem.reference is not None:
-        problem = eqx.tree_at(
-            lambda pr: pr.reference, problem, along_last(problem.reference)
-        )
+        problem = eqx.tree_at(lambda pr: pr.reference, problem, along_last(problem.reference))
     if not arrays:
         return problem
     return (problem, *(along_last(a) for a in arrays))

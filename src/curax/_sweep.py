@@ -95,9 +95,7 @@ class SweepResult:
                 continue
             if name in self.static:
                 if where[name] not in vals:
-                    raise ValueError(
-                        f"{where[name]!r} is not a value of axis {name!r}."
-                    )
+                    raise ValueError(f"{where[name]!r} is not a value of axis {name!r}.")
                 i = vals.index(where[name])
             else:
                 i = int(np.argmin(np.abs(np.asarray(vals) - where[name])))
@@ -105,9 +103,7 @@ class SweepResult:
             del axes[name]
         unknown = set(where) - set(self.axes)
         if unknown:
-            raise ValueError(
-                f"unknown axes {sorted(unknown)}; the axes are {list(self.axes)}."
-            )
+            raise ValueError(f"unknown axes {sorted(unknown)}; the axes are {list(self.axes)}.")
         values = jtu.tree_map(lambda x: x[tuple(index)], self.values)
         return SweepResult(
             axes,
@@ -129,13 +125,10 @@ def _weakrefable(fn: Any) -> bool:
 def _leaf_names(tree: Any) -> list[str]:
     # A flat dict of outputs (the common case) keeps its keys; other pytrees use keystr.
     if isinstance(tree, dict) and all(
-        isinstance(k, str) and isinstance(v, jax.ShapeDtypeStruct)
-        for k, v in tree.items()
+        isinstance(k, str) and isinstance(v, jax.ShapeDtypeStruct) for k, v in tree.items()
     ):
         return sorted(tree)  # the order in which jax flattens a dict
-    return [
-        jtu.keystr(path) or "value" for path, _ in jtu.tree_flatten_with_path(tree)[0]
-    ]
+    return [jtu.keystr(path) or "value" for path, _ in jtu.tree_flatten_with_path(tree)[0]]
 
 
 def _load_meta(path: str) -> dict[str, Any] | None:
@@ -338,23 +331,17 @@ def sweep(
             for ci in range(num_chunks):
                 if not todo[si, ci]:
                     with np.load(chunk_file(si, ci)) as f:
-                        results[si].append(
-                            [f[f"leaf_{j}"] for j in range(len(leaf_names))]
-                        )
+                        results[si].append([f[f"leaf_{j}"] for j in range(len(leaf_names))])
                     continue
                 lo = ci * chunk_size
-                idx = np.minimum(
-                    np.arange(lo, lo + chunk_size), batch - 1
-                )  # pad: repeat last
+                idx = np.minimum(np.arange(lo, lo + chunk_size), batch - 1)  # pad: repeat last
                 valid = min(chunk_size, batch - lo)
                 inputs = [put_global(flat[a][idx], sharding) for a in dyn]
                 if compiled is None:
                     t0 = time.perf_counter()
                     compiled = cache[key] = batched.lower(*inputs).compile()
                     compile_times.append(time.perf_counter() - t0)
-                outs = [
-                    fetch_global(x)[:valid] for x in jtu.tree_leaves(compiled(*inputs))
-                ]
+                outs = [fetch_global(x)[:valid] for x in jtu.tree_leaves(compiled(*inputs))]
                 if path is not None and writer:
                     _write_npz(chunk_file(si, ci), outs)
                 results[si].append(outs)
@@ -435,13 +422,8 @@ def load_sweep(out: str | os.PathLike) -> SweepResult:
     path = os.fspath(out)
     meta = _load_meta(path)
     if meta is None or not meta.get("complete", False):
-        raise ValueError(
-            f"`out`={path!r} holds no finished sweep (no complete meta.json)."
-        )
-    axes = {
-        a: (v if a in meta["static"] else np.asarray(v))
-        for a, v in meta["axes"].items()
-    }
+        raise ValueError(f"`out`={path!r} holds no finished sweep (no complete meta.json).")
+    axes = {a: (v if a in meta["static"] else np.asarray(v)) for a, v in meta["axes"].items()}
     with np.load(os.path.join(path, _RESULTS)) as f:
         values = {name: f[f"leaf_{j}"] for j, name in enumerate(meta["leaves"])}
     return SweepResult(axes, values, tuple(meta["static"]), path, meta.get("info", {}))
@@ -487,9 +469,7 @@ def plot_sweep(
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(figsize=(5, 3.5))
-    if isinstance(result.values, dict) and all(
-        isinstance(k, str) for k in result.values
-    ):
+    if isinstance(result.values, dict) and all(isinstance(k, str) for k in result.values):
         named = dict(result.values)
     else:
         paths_leaves = jtu.tree_flatten_with_path(result.values)[0]
@@ -500,9 +480,7 @@ def plot_sweep(
         y = next(iter(named))
     key = y if y in named else next((k for k in named if k.strip("[]'\"") == y), None)
     if key is None:
-        raise ValueError(
-            f"`y`={y!r} is not an output; the outputs are {sorted(named)}."
-        )
+        raise ValueError(f"`y`={y!r} is not an output; the outputs are {sorted(named)}.")
     data = np.asarray(named[key], float)
     names = list(result.axes)
     if data.shape != result.shape:
