@@ -328,3 +328,19 @@ def test_vmap_batch_matches_unbatched():
         single = solve(weights[i])
         assert jnp.allclose(batched.value[i], single.value, rtol=0, atol=1e-12)
         assert float(batched.stats["fw_gap"][i]) <= 1e-10
+
+
+@pytest.mark.parametrize("value", [0.0, jnp.nan])
+def test_garbage_fixed_point_is_not_successful(value):
+    # A map that sends everything to 0 (or NaN) has a "fixed point" a step-size test accepts;
+    # it is not a distribution, and curax says so.
+    def fn(p, args):
+        del args
+        return jnp.full_like(p, value)
+
+    sol = curax.fixed_point(
+        fn, curax.PlainIteration(rtol=1e-8, atol=1e-8), jnp.ones(3) / 3, max_steps=8, throw=False
+    )
+    assert sol.result != curax.RESULTS.successful
+    with pytest.raises(Exception):
+        curax.fixed_point(fn, curax.PlainIteration(rtol=1e-8, atol=1e-8), jnp.ones(3) / 3, max_steps=8)

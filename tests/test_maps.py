@@ -322,3 +322,15 @@ def test_grid_2d_rewards():
     np.testing.assert_allclose(r, expected, rtol=1e-14)
     b = curax.gaussian_bump_reward(pts, jnp.array([0.0, 0.0]), width=0.5)
     assert float(b.max()) <= 1.0 and b.shape == (20,)
+
+
+def test_two_basin_problem_traces_in_its_parameters():
+    # Sweeps vary the separation inside jit/vmap.
+    def gap(sep):
+        _, problem = curax.two_basin_problem(n=41, separation=sep, q=0.3)
+        return curax.fw_gap(problem.uniform(), problem)
+
+    seps = jnp.array([2.0, 3.0])
+    batched = jax.vmap(gap)(seps)
+    for i, sep in enumerate([2.0, 3.0]):
+        np.testing.assert_allclose(batched[i], gap(sep), rtol=1e-13)

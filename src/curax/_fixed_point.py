@@ -12,7 +12,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, PyTree
 
 from ._maps import AbstractReplicatorMap, CurationMap
-from ._problem import check_distribution, CurationProblem
+from ._problem import check_distribution, simplex_tolerance, CurationProblem
 from ._solution import RESULTS, Solution, throw_if_failed
 from ._solver._misc import to_simplex
 from ._solver.active_set import ActiveSetNewton, support_growth_for
@@ -196,6 +196,18 @@ def _fixed_point(
     p = lax.stop_gradient(sol.value)
     fp = fn(p, args)
     stats["residual"] = jnp.max(jnp.abs(fp - p))
+    # A solver may "succeed" on garbage (e.g. with EQX_ON_ERROR=nan inside the map): the
+    # returned point itself must be finite and on the simplex.
+    finite = jnp.all(jnp.isfinite(p)) & jnp.isfinite(stats["residual"])
+    tol_simplex = simplex_tolerance(p.dtype)
+    on_simplex = (jnp.min(p) >= -tol_simplex) & (jnp.abs(jnp.sum(p) - 1) <= tol_simplex)
+    result = RESULTS.where(
+        result == RESULTS.successful,
+        RESULTS.where(
+            finite, RESULTS.where(on_simplex, result, RESULTS.left_simplex), RESULTS.nonfinite
+        ),
+        result,
+    )
     if isinstance(fn, AbstractReplicatorMap):
         g = fn.growth(p, args)
         gap = jnp.max(g) - 1
@@ -204,8 +216,9 @@ def _fixed_point(
         # Off the support = mass below what the step residual can resolve.
         off_support = p <= max(solver.atol, 1e-12)
         gap_off = jnp.max(jnp.where(off_support, g, -jnp.inf)) - 1
+        # `~(gap <= tol)`: a NaN gap is a failed certificate, not a pass.
         check = (
-            (result == RESULTS.successful) & ~_reference_active(fn, args) & (gap > tol)
+            (result == RESULTS.successful) & ~_reference_active(fn, args) & ~(gap <= tol)
         )
         result = RESULTS.where(
             check,

@@ -3,10 +3,10 @@ from collections.abc import Callable, Sequence
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from ._problem import CurationProblem
+from ._problem import CurationProblem, is_concrete
 
 
-def grid_1d(lo: float, hi: float, n: int) -> Float[Array, " n"]:
+def grid_1d(lo: float | Array, hi: float | Array, n: int) -> Float[Array, " n"]:
     """`n` equally spaced points on `[lo, hi]`.
 
     !!! Example
@@ -17,7 +17,8 @@ def grid_1d(lo: float, hi: float, n: int) -> Float[Array, " n"]:
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"`n` must be a positive int, got {n!r}.")
-    if not hi >= lo:
+    # Traced ends (e.g. a sweep over the separation) are allowed; concrete ones are checked.
+    if is_concrete(lo, hi) and not hi >= lo:
         raise ValueError(f"`hi` must be >= `lo`, got lo={lo}, hi={hi}.")
     return jnp.linspace(lo, hi, n)
 
@@ -114,13 +115,13 @@ def rewards_from_functions(
 
 def two_basin_problem(
     n: int = 401,
-    separation: float = 3.0,
-    q: float = 0.5,
+    separation: float | Array = 3.0,
+    q: float | Array = 0.5,
     k: int | None = None,
-    curvature: float = 4.0,
-    width: float | None = None,
-    temperature: float = 1.0,
-    reference_weight: float = 0.0,
+    curvature: float | Array = 4.0,
+    width: float | Array | None = None,
+    temperature: float | Array = 1.0,
+    reference_weight: float | Array = 0.0,
 ) -> tuple[Float[Array, " n"], CurationProblem]:
     """The two-reward setting of Falahati et al.: on a 1-D grid, reward 1 is a quadratic well
     centred at `-separation / 2`, reward 2 at `+separation / 2`, weights `(q, 1 - q)`.
@@ -143,7 +144,8 @@ def two_basin_problem(
             quadratic_reward(x, separation / 2, curvature),
         ]
     )
-    reference = jnp.full((n,), 1.0 / n, x.dtype) if reference_weight > 0 else None
+    use_reference = not is_concrete(reference_weight) or reference_weight > 0
+    reference = jnp.full((n,), 1.0 / n, x.dtype) if use_reference else None
     problem = CurationProblem(
         rewards,
         jnp.array([q, 1 - q], x.dtype),
