@@ -9,9 +9,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from ._problem import (
+    reward_groups,
     QUAD_STEP,
     QUAD_U_MIN,
-    check_distribution,
+    normalised_distribution,
     CurationProblem,
     spread_for_nodes,
 )
@@ -35,9 +36,7 @@ def prepare_distribution(p: Array, problem: CurationProblem) -> Array:
     """Validate `p` against `problem` and put it exactly on the simplex (clip rounding-level
     negatives, renormalise): the finite-K map maps total mass c to ~c^K, so evaluating it off
     the simplex would amplify rounding errors every round (design notes, section 7)."""
-    p = check_distribution(p, problem.size, "p", problem.rewards.dtype)
-    p = jnp.clip(p, 0.0)
-    return p / jnp.sum(p)
+    return normalised_distribution(p, problem.size, "p", problem.rewards.dtype)
 
 
 def _support_max(s: Array, p: Array) -> Array:
@@ -53,21 +52,40 @@ def _safe_spread(dtype: Any) -> float:
     return 690.0 if jnp.finfo(dtype).bits == 64 else 80.0
 
 
-def _tilt_growth(
-    s: Float[Array, "r n"], p: Float[Array, " n"], spread: float | None
-) -> Float[Array, "r n"]:
-    """K -> infinity: G_i = w_i / E_p[w_i]."""
+@jax.custom_jvp
+def _cached_exp(s: Array, cache: Array) -> Array:
+    """`exp(s - max s)` read from the problem's cache. The tangent goes through `s` (so
+    gradients w.r.t. rewards and temperature are right wherever the problem was built); the
+    row maximum's tangent is dropped, the maps being invariant to the shift."""
+    del s
+    return cache
+
+
+@_cached_exp.defjvp
+def _cached_exp_jvp(primals, tangents):
+    s, cache = primals
+    ds, _ = tangents
+    del s
+    return cache, cache * ds
+
+
+def _tilt_weights(
+    s: Float[Array, "r n"], cache: Float[Array, "r n"], p: Float[Array, " n"], spread: float | None
+) -> tuple[Float[Array, "r n"], Float[Array, " r"]]:
+    """K -> infinity: the weights w_i (any per-row scale) and u_i = E_p[w_i], so that
+    G_i = w_i / u_i."""
 
     def row_shift():
-        w = jnp.exp(s - lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
-        return w / (w @ p)[:, None]
+        return cache_w, cache_w @ p
 
     def support_shift():
-        # Rewards spanning > 690 nats: shift by the support's maximum so E_p[w] cannot
-        # underflow, and cap points far above it so w / E_p[w] stays finite.
+        # Rewards spanning > 690 nats: the cached weights may underflow on the support. Shift
+        # by the support's maximum so E_p[w] cannot, and cap points far above it so
+        # w / E_p[w] stays finite.
         w = jnp.exp(jnp.minimum(s - _support_max(s, p), _exp_cap(s.dtype)))
-        return w / (w @ p)[:, None]
+        return w, w @ p
 
+    cache_w = _cached_exp(s, cache)
     safe = _safe_spread(s.dtype)
     if spread is not None and spread <= safe:
         return row_shift()
@@ -184,39 +202,51 @@ def _laplace_growth(
     return jnp.where(far, asym, h)
 
 
-def reward_growths(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, "m n"]:
-    """Growth factor of each reward row, `G_i(x)`, before mixing over rewards: the curated
-    distribution under reward `i` alone is `p * G_i`. `p` must already be on the simplex."""
+def _grouped_growths(p: Array, problem: CurationProblem, mixed: bool) -> Array:
     s = problem.scaled_rewards
     ks = problem.ks
-    groups: dict[str, list[int]] = {"inf": [], "one": [], "finite": []}
-    for i, kk in enumerate(ks):
-        groups["inf" if kk is None else "one" if kk == 1 else "finite"].append(i)
-    rows: list[Array] = []
+    groups = reward_groups(ks)
+    alpha = problem.weights
+    parts: list[Array] = []
     order: list[int] = []
-    if groups["inf"]:
-        idx = groups["inf"]
-        rows.append(_tilt_growth(s[jnp.array(idx)], p, problem.spread))
-        order += idx
-    if groups["one"]:
-        idx = groups["one"]
-        rows.append(jnp.ones((len(idx), problem.size), s.dtype))
-        order += idx
-    if groups["finite"]:
-        idx = groups["finite"]
-        k = jnp.array([ks[i] for i in idx], dtype=s.dtype)
-        rows.append(_laplace_growth(s[jnp.array(idx)], p, k, problem.quadrature_nodes))
-        order += idx
-    g = jnp.concatenate(rows, axis=0)
+    if groups.infinite:
+        idx = jnp.array(groups.infinite)
+        w, u = _tilt_weights(s[idx], problem.tilt_weights, p, problem.spread)
+        # Mixed: sum_i alpha_i w_i / u_i as one pass over w, without the (r, n) rows.
+        parts.append((alpha[idx] / u) @ w if mixed else w / u[:, None])
+    if groups.one:
+        idx = jnp.array(groups.one)
+        ones = jnp.ones((len(groups.one), problem.size), s.dtype)
+        parts.append(jnp.sum(alpha[idx]) * ones[0] if mixed else ones)
+    if groups.finite:
+        idx = jnp.array(groups.finite)
+        k = jnp.array([ks[i] for i in groups.finite], dtype=s.dtype)
+        h = _laplace_growth(s[idx], p, k, problem.quadrature_nodes)
+        parts.append(alpha[idx] @ h if mixed else h)
+    order = list(groups.infinite) + list(groups.one) + list(groups.finite)
+    if mixed:
+        return sum(parts[1:], parts[0])
+    g = jnp.concatenate(parts, axis=0)
     if order != list(range(len(ks))):
         g = g[jnp.argsort(jnp.array(order))]
     return g
 
 
+def reward_growths(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, "m n"]:
+    """Growth factor of each reward row, `G_i(x)`, before mixing over rewards: the curated
+    distribution under reward `i` alone is `p * G_i`. `p` must already be on the simplex."""
+    return _grouped_growths(p, problem, mixed=False)
+
+
+def mixed_growth(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, " n"]:
+    """`sum_i alpha_i G_i(x)`, the growth factor of one round (before reference mixing).
+    `p` must already be on the simplex."""
+    return _grouped_growths(p, problem, mixed=True)
+
+
 @eqx.filter_jit
 def _growth(p: Array, problem: CurationProblem) -> Array:
-    p = prepare_distribution(p, problem)
-    return problem.weights @ reward_growths(p, problem)
+    return mixed_growth(prepare_distribution(p, problem), problem)
 
 
 @eqx.filter_jit
@@ -226,7 +256,7 @@ def _curate(p: Array, problem: CurationProblem) -> Array:
 
 def _curate_unchecked(p: Array, problem: CurationProblem) -> Array:
     # Zero-mass points stay exactly zero, even where their growth factor is huge.
-    curated = jnp.where(p > 0, p * (problem.weights @ reward_growths(p, problem)), 0.0)
+    curated = jnp.where(p > 0, p * mixed_growth(p, problem), 0.0)
     if problem.reference is None:
         return curated
     rw = problem.reference_weight

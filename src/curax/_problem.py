@@ -1,6 +1,6 @@
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -73,24 +73,101 @@ def _as_float(x: ArrayLike, name: str) -> Array:
     return x
 
 
-def check_distribution(p: ArrayLike, n: int, name: str = "p", dtype: Any = None) -> Array:
-    """Validate a distribution on `n` points: shape `(n,)`, finite, non-negative and summing to 1
-    (within [`simplex_tolerance`][]); returns it as an array (inside `jit` via `eqx.error_if`)."""
+def check_probability_vector(
+    x: ArrayLike | None, m: int, name: str, dtype: Any, over: str
+) -> Array:
+    """Validate a probability vector of length `m` (default uniform): shape, finite,
+    non-negative, summing to 1 within [`simplex_tolerance`][]; returns it renormalised."""
+    if x is None:
+        return jnp.full((m,), 1.0 / m, dtype)
+    x = _as_float(x, name).astype(dtype)
+    if x.shape != (m,):
+        raise ValueError(
+            f"`{name}` must have shape ({m},), one probability for each of the {m} {over}, got "
+            f"{x.shape}."
+        )
+    x = check_value(
+        x,
+        ~jnp.all(jnp.isfinite(x)) | jnp.any(x < 0),
+        f"`{name}` must be finite and non-negative (a probability vector over {over}).",
+    )
+    x = check_value(
+        x,
+        jnp.abs(jnp.sum(x) - 1) > simplex_tolerance(dtype),
+        f"`{name}` must sum to 1 (a probability vector over {over}).",
+    )
+    return x / jnp.sum(x)
+
+
+def _distribution_checks(p: Array, name: str) -> tuple[list[Array], list[str]]:
+    tol = simplex_tolerance(p.dtype)
+    preds = [
+        ~jnp.all(jnp.isfinite(p)),
+        jnp.any(p < -tol),
+        jnp.abs(jnp.sum(p) - 1) > tol,
+    ]
+    msgs = [
+        f"`{name}` contains NaN or inf.",
+        f"`{name}` must be non-negative (a distribution on the simplex).",
+        f"`{name}` must sum to 1 (a distribution on the simplex); its sum is off by more "
+        f"than {tol:.0e}.",
+    ]
+    return preds, msgs
+
+
+def _check_branches(x: Any, preds: list[Array], msgs: list[str]) -> Any:
+    """Like [`check_value`][] for several conditions at once: the first that holds is
+    reported. Traced, they become one `eqx.branched_error_if` on `x` (keep `x` small: the
+    check passes `x` through, and a large array may be copied)."""
+    if is_concrete(preds):
+        for bad, msg in zip(preds, msgs):
+            if bool(np.any(np.asarray(bad))):
+                raise ValueError(msg)
+        return x
+    flags = jnp.stack([jnp.asarray(b) for b in preds])
+    return eqx.branched_error_if(x, jnp.any(flags), jnp.argmax(flags), msgs)
+
+
+def _distribution_shape(p: ArrayLike, n: int, name: str, dtype: Any) -> Array:
     p = _as_float(p, name)
     if dtype is not None and p.dtype != dtype:
         p = p.astype(dtype)
     if p.shape != (n,):
         raise ValueError(f"`{name}` must have shape ({n},) to match the support, got {p.shape}.")
-    tol = simplex_tolerance(p.dtype)
-    p = check_value(p, ~jnp.all(jnp.isfinite(p)), f"`{name}` contains NaN or inf.")
-    p = check_value(
-        p, jnp.any(p < -tol), f"`{name}` must be non-negative (a distribution on the simplex)."
-    )
-    return check_value(
-        p,
-        jnp.abs(jnp.sum(p) - 1) > tol,
-        f"`{name}` must sum to 1 (a distribution on the simplex); its sum is off by more than "
-        f"{tol:.0e}.",
+    return p
+
+
+def check_distribution(p: ArrayLike, n: int, name: str = "p", dtype: Any = None) -> Array:
+    """Validate a distribution on `n` points: shape `(n,)`, finite, non-negative and summing to 1
+    (within [`simplex_tolerance`][]); returns it as an array (inside `jit` via `eqx.error_if`)."""
+    p = _distribution_shape(p, n, name, dtype)
+    preds, msgs = _distribution_checks(p, name)
+    return _check_branches(p, preds, msgs)
+
+
+def normalised_distribution(p: ArrayLike, n: int, name: str = "p", dtype: Any = None) -> Array:
+    """[`check_distribution`][], then put `p` exactly on the simplex (clip rounding-level
+    negatives, renormalise). The checks hang on the scalar mass, so `p` is not copied."""
+    p = _distribution_shape(p, n, name, dtype)
+    preds, msgs = _distribution_checks(p, name)
+    p = jnp.clip(p, 0.0)
+    return p / _check_branches(jnp.sum(p), preds, msgs)
+
+
+class RewardGroups(NamedTuple):
+    """Reward rows by how they are curated: K = infinity (exponential tilt), K = 1 (no
+    selection) and finite K >= 2 (the exact Laplace quadrature)."""
+
+    infinite: tuple[int, ...]
+    one: tuple[int, ...]
+    finite: tuple[int, ...]
+
+
+def reward_groups(ks: tuple[int | None, ...]) -> RewardGroups:
+    return RewardGroups(
+        tuple(i for i, k in enumerate(ks) if k is None),
+        tuple(i for i, k in enumerate(ks) if k == 1),
+        tuple(i for i, k in enumerate(ks) if k is not None and k > 1),
     )
 
 
@@ -145,6 +222,12 @@ class CurationProblem(eqx.Module):
         `reference_weight = 1 / (1 + lambda)`; see [`curax.reference_weight_from_ratio`][].
     - `quadrature_nodes`: static int, nodes Q of the exact finite-K map
         (see [`curax.nodes_for_spread`][]); 0 when every reward has K = infinity.
+    - `tilt_weights`: `Float[Array, "r n"]` or `None`, a cache of `exp(s_i - max s_i)` for
+        the `r` rows with K = infinity (`s = rewards / temperature`), so that the K -> infinity
+        map reads the weights twice per round and computes no exponential. Gradients flow
+        through `rewards` and `temperature`, never through this cache; do not replace
+        `rewards` with `eqx.tree_at` (use the constructor, or [`map_points`][] to index or
+        reshard the support).
     - `spread`: static float or `None`, the largest per-row spread (max - min) of the scaled
         rewards, recorded when the rewards are concrete at construction.
 
@@ -166,6 +249,7 @@ class CurationProblem(eqx.Module):
     temperature: Float[Array, ""] | Float[Array, " m"]
     reference: Float[Array, " n"] | None
     reference_weight: Float[Array, ""]
+    tilt_weights: Float[Array, "r n"] | None
     k: int | None | tuple[int | None, ...] = eqx.field(static=True)
     quadrature_nodes: int = eqx.field(static=True)
     spread: float | None = eqx.field(static=True)
@@ -197,25 +281,7 @@ class CurationProblem(eqx.Module):
             "`rewards` contains NaN or inf; every reward must be finite.",
         )
 
-        if weights is None:
-            weights = jnp.full((m,), 1.0 / m, dtype)
-        weights = _as_float(weights, "weights").astype(dtype)
-        if weights.shape != (m,):
-            raise ValueError(
-                f"`weights` must have shape ({m},), one probability per reward row, got "
-                f"{weights.shape}."
-            )
-        weights = check_value(
-            weights,
-            ~jnp.all(jnp.isfinite(weights)) | jnp.any(weights < 0),
-            "`weights` must be finite and non-negative (a probability vector over rewards).",
-        )
-        weights = check_value(
-            weights,
-            jnp.abs(jnp.sum(weights) - 1) > simplex_tolerance(dtype),
-            "`weights` must sum to 1 (a probability vector over rewards).",
-        )
-        weights = weights / jnp.sum(weights)
+        weights = check_probability_vector(weights, m, "weights", dtype, "reward rows")
 
         temperature = _as_float(temperature, "temperature").astype(dtype)
         if temperature.shape not in ((), (m,)):
@@ -272,6 +338,15 @@ class CurationProblem(eqx.Module):
         self.reference = reference
         self.reference_weight = reference_weight
         self.k = k
+        infinite = reward_groups(ks).infinite
+        if infinite:
+            t = temperature[jnp.array(infinite)][:, None] if temperature.ndim else temperature
+            scaled = rewards[jnp.array(infinite)] / t
+            self.tilt_weights = jnp.exp(
+                scaled - jax.lax.stop_gradient(jnp.max(scaled, axis=-1, keepdims=True))
+            )
+        else:
+            self.tilt_weights = None
         self.quadrature_nodes = quadrature_nodes
         self.spread = None if spreads is None else float(np.max(spreads))
 
@@ -306,6 +381,18 @@ class CurationProblem(eqx.Module):
             self.reference,
             self.reference_weight,
         )
+
+    def map_points(self, fn: Callable[[Array], Array]) -> "CurationProblem":
+        """The same problem with `fn` applied to every array indexed by the support
+        (`rewards`, `reference`, the cached `tilt_weights`) along its last axis: restrict to
+        a subset of points (`lambda a: a[..., idx]`) or reshard across devices. Nothing is
+        re-validated or recomputed; `fn` must keep the last axis a support axis."""
+        problem = eqx.tree_at(lambda pr: pr.rewards, self, fn(self.rewards))
+        if self.reference is not None:
+            problem = eqx.tree_at(lambda pr: pr.reference, problem, fn(self.reference))
+        if self.tilt_weights is not None:
+            problem = eqx.tree_at(lambda pr: pr.tilt_weights, problem, fn(self.tilt_weights))
+        return problem
 
     def uniform(self) -> Float[Array, " n"]:
         """The uniform distribution on the support (a full-support starting point)."""

@@ -120,9 +120,7 @@ def shard_support(
             for x in (problem.weights, problem.temperature, problem.reference_weight)
         ),
     )
-    problem = eqx.tree_at(lambda pr: pr.rewards, problem, along_last(problem.rewards))
-    if problem.reference is not None:
-        problem = eqx.tree_at(lambda pr: pr.reference, problem, along_last(problem.reference))
+    problem = problem.map_points(along_last)
     if not arrays:
         return problem
     return (problem, *(along_last(a) for a in arrays))

@@ -11,7 +11,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._custom_types import Aux
-from .._maps import CurationMap, reward_growths
+from .._maps import CurationMap, mixed_growth
 from .._problem import CurationProblem
 from ._misc import scaled_error, StallTracker, terminate_on
 from .newton_krylov import NewtonKrylov
@@ -38,10 +38,7 @@ class _CurationSupportGrowth(AbstractSupportGrowth):
 
     def __call__(self, q, idx, n, args: CurationProblem):
         del n
-        problem = eqx.tree_at(lambda pr: pr.rewards, args, args.rewards[:, idx])
-        if args.reference is not None:
-            problem = eqx.tree_at(lambda pr: pr.reference, problem, args.reference[idx])
-        return problem.weights @ reward_growths(q, problem)
+        return mixed_growth(q, args.map_points(lambda x: x[..., idx]))
 
 
 class _FullSupportGrowth(AbstractSupportGrowth):
