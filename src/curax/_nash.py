@@ -14,7 +14,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._nash_solver import solve_nash
-from ._problem import _as_float, check_value, CurationProblem, simplex_tolerance
+from ._problem import (
+    _as_float,
+    check_probability_vector,
+    check_value,
+    CurationProblem,
+    simplex_tolerance,
+)
 from ._solution import RESULTS, Solution, throw_if_failed
 
 
@@ -92,22 +98,7 @@ class BargainingProblem(eqx.Module):
             ~jnp.all(jnp.isfinite(utilities)),
             "`utilities` contains NaN or inf.",
         )
-        if weights is None:
-            weights = jnp.full((m,), 1.0 / m, dtype)
-        weights = _as_float(weights, "weights").astype(dtype)
-        if weights.shape != (m,):
-            raise ValueError(f"`weights` must have shape ({m},), got {weights.shape}.")
-        weights = check_value(
-            weights,
-            ~jnp.all(jnp.isfinite(weights)) | jnp.any(weights < 0),
-            "`weights` must be finite and non-negative (a probability vector).",
-        )
-        weights = check_value(
-            weights,
-            jnp.abs(jnp.sum(weights) - 1) > simplex_tolerance(dtype),
-            "`weights` must sum to 1 (a probability vector over utilities).",
-        )
-        weights = weights / jnp.sum(weights)
+        weights = check_probability_vector(weights, m, "weights", dtype, "utilities")
         if disagreement is None:
             disagreement = jnp.zeros((m,), dtype)
         disagreement = _as_float(disagreement, "disagreement").astype(dtype)
