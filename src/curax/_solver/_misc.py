@@ -94,7 +94,16 @@ def terminate_on(
     into `curax.RESULTS.stalled` through the `stalled` entry of the stats."""
     converged = error < 1
     stalled = tracker.stalled(patience) & ~converged
-    result = optx.RESULTS.where(
-        stalled, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
-    )
+    result = optx.RESULTS.where(stalled, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful)
     return converged | stalled, result
+
+
+def solver_stats(
+    num_map_evals: Int[Array, ""], error: Scalar, tracker: StallTracker, patience: int | None
+) -> dict[str, Array]:
+    """The statistics every curax fixed-point solver reports from `postprocess`;
+    `curax.fixed_point` reads `stalled` to return `RESULTS.stalled`."""
+    return {
+        "num_map_evals": num_map_evals,
+        "stalled": tracker.stalled(patience) & ~(error < 1),
+    }

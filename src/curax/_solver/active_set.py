@@ -13,7 +13,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 from .._custom_types import Aux
 from .._maps import CurationMap, mixed_growth
 from .._problem import CurationProblem
-from ._misc import scaled_error, StallTracker, terminate_on
+from ._misc import scaled_error, solver_stats, StallTracker, terminate_on
 from .newton_krylov import NewtonKrylov
 
 
@@ -136,18 +136,14 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
                 f"= {self.num_add * len(self.stencil)}."
             )
         if 0 not in self.stencil:
-            raise ValueError(
-                "`stencil` must contain the offset 0 (the picked point itself)."
-            )
+            raise ValueError("`stencil` must contain the offset 0 (the picked point itself).")
 
     @property
     def fallback(self) -> NewtonKrylov:
         """The solver used on maps with reference data (full support)."""
         return NewtonKrylov(rtol=self.rtol, atol=self.atol, norm=self.norm)
 
-    def _growths(
-        self, options: dict[str, Any]
-    ) -> tuple[Callable, AbstractSupportGrowth]:
+    def _growths(self, options: dict[str, Any]) -> tuple[Callable, AbstractSupportGrowth]:
         growth = self.growth if self.growth is not None else options.get("growth")
         if growth is None:
             raise ValueError(
@@ -196,9 +192,7 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
         growth, _ = self._growths(options)
         slots = self.max_support
         if y.ndim != 1:
-            raise ValueError(
-                "`curax.ActiveSetNewton` needs a distribution `y0` of shape (n,)."
-            )
+            raise ValueError("`curax.ActiveSetNewton` needs a distribution `y0` of shape (n,).")
         g = growth(y, args)
         idx = jnp.zeros((slots,), jnp.int32)
         q = jnp.zeros((slots,), y.dtype)
@@ -269,19 +263,13 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
                 return dq, dz, dlam
 
             def max_step(x, dx):
-                ratio = jnp.where(
-                    a & (dx < 0), -x / jnp.where(dx < 0, dx, -1.0), jnp.inf
-                )
+                ratio = jnp.where(a & (dx < 0), -x / jnp.where(dx < 0, dx, -1.0), jnp.inf)
                 return jnp.minimum(1.0, 0.995 * jnp.min(ratio))
 
             dq, dz, _ = direction(jnp.zeros_like(qq))
             alpha_aff = jnp.minimum(max_step(qq, dq), max_step(zz, dz))
-            mu_aff = jnp.sum(
-                jnp.where(a, (qq + alpha_aff * dq) * (zz + alpha_aff * dz), 0.0)
-            )
-            sigma = jnp.clip(
-                (mu_aff / num_active / jnp.maximum(mu, 1e-300)) ** 3, 0.0, 1.0
-            )
+            mu_aff = jnp.sum(jnp.where(a, (qq + alpha_aff * dq) * (zz + alpha_aff * dz), 0.0))
+            sigma = jnp.clip((mu_aff / num_active / jnp.maximum(mu, 1e-300)) ** 3, 0.0, 1.0)
             dq, dz, dlam = direction(sigma * mu)
             alpha = jnp.minimum(max_step(qq, dq), max_step(zz, dz))
             qn = jnp.where(a, qq + alpha * dq, 0.0)
@@ -295,11 +283,7 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
                 & (jnp.abs(r_p) <= tol)
                 & (jnp.max(comp) <= tol * 1e-2)
             )
-            ok = (
-                jnp.all(jnp.isfinite(qn))
-                & jnp.all(jnp.isfinite(zn))
-                & jnp.isfinite(lamn)
-            )
+            ok = jnp.all(jnp.isfinite(qn)) & jnp.all(jnp.isfinite(zn)) & jnp.isfinite(lamn)
             qn, zn, lamn, gn = jax.tree.map(
                 lambda new, old: jnp.where(ok, new, old),
                 (qn, zn, lamn, gn),
@@ -322,9 +306,7 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             qq, lam = carry
             g = gs(qq)
             jac = jnp.where(keep[:, None] & keep[None, :], jax.jacfwd(gs)(qq), 0.0)
-            res = jnp.concatenate(
-                [jnp.where(keep, g - lam, 0.0), (jnp.sum(qq) - 1)[None]]
-            )
+            res = jnp.concatenate([jnp.where(keep, g - lam, 0.0), (jnp.sum(qq) - 1)[None]])
             mat = jnp.zeros((s + 1, s + 1), dtype)
             mat = mat.at[:s, :s].set(jac + jnp.diag(1.0 - kf))
             mat = mat.at[:s, s].set(-kf)
@@ -348,9 +330,7 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
         del tags
         growth, support = self._growths(options)
         n = y.shape[0]
-        q, num_inner = self._reduced_solve(
-            support, state.idx, state.q, state.active, n, args
-        )
+        q, num_inner = self._reduced_solve(support, state.idx, state.q, state.active, n, args)
         keep = state.active & (q > self.drop_tol)
         q = jnp.where(keep, q, 0.0)
         q = q / jnp.sum(q)
@@ -379,9 +359,7 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
         )
         return p, new_state, aux
 
-    def terminate(
-        self, fn, y, args, options, state, tags
-    ) -> tuple[Bool[Array, ""], optx.RESULTS]:
+    def terminate(self, fn, y, args, options, state, tags) -> tuple[Bool[Array, ""], optx.RESULTS]:
         del fn, y, args, options, tags
         return terminate_on(state.error, state.tracker, self.patience)
 
@@ -391,11 +369,10 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             y,
             aux,
             {
-                "num_map_evals": state.num_map_evals,
+                **solver_stats(state.num_map_evals, state.error, state.tracker, self.patience),
                 "num_support_evals": state.num_support_evals,
                 "num_newton": state.num_inner,
                 "support_size": jnp.sum(y > 0),
-                "stalled": state.tracker.stalled(self.patience) & ~(state.error < 1),
             },
         )
 

@@ -11,6 +11,7 @@ from .._custom_types import Aux
 from ._misc import (
     DEFAULT_PATIENCE,
     scaled_error,
+    solver_stats,
     StallTracker,
     terminate_on,
     to_simplex,
@@ -145,9 +146,7 @@ class Anderson(optx.AbstractFixedPointSolver[Array, Aux, _AndersonState]):
         gram = dg @ dg.T
         mask = filled[:, None] & filled[None, :]
         gram = jnp.where(mask, gram, 0.0)
-        reg = self.regularisation * jnp.maximum(
-            jnp.trace(gram), jnp.finfo(y.dtype).tiny
-        )
+        reg = self.regularisation * jnp.maximum(jnp.trace(gram), jnp.finfo(y.dtype).tiny)
         gram = gram + jnp.diag(jnp.where(filled, reg, 1.0))
         rhs = jnp.where(filled, dg @ g, 0.0)
         gamma = jnp.where(filled, jnp.linalg.solve(gram, rhs), 0.0)
@@ -159,9 +158,7 @@ class Anderson(optx.AbstractFixedPointSolver[Array, Aux, _AndersonState]):
         fc, aux_c = fn(cand, args)
         fc = to_simplex(fc)
         res_c = jnp.max(jnp.abs(fc - cand))
-        accept = (
-            jnp.isfinite(res_c) & (res_c < jnp.max(jnp.abs(fy - y))) & jnp.any(filled)
-        )
+        accept = jnp.isfinite(res_c) & (res_c < jnp.max(jnp.abs(fy - y))) & jnp.any(filled)
 
         # Rejected (or no history yet): the plain step f(y), whose image we also need.
         def plain():
@@ -186,9 +183,7 @@ class Anderson(optx.AbstractFixedPointSolver[Array, Aux, _AndersonState]):
         )
         return new_y, new_state, aux
 
-    def terminate(
-        self, fn, y, args, options, state, tags
-    ) -> tuple[Bool[Array, ""], optx.RESULTS]:
+    def terminate(self, fn, y, args, options, state, tags) -> tuple[Bool[Array, ""], optx.RESULTS]:
         del fn, y, args, options, tags
         return terminate_on(state.error, state.tracker, self.patience)
 
@@ -198,8 +193,7 @@ class Anderson(optx.AbstractFixedPointSolver[Array, Aux, _AndersonState]):
             y,
             aux,
             {
-                "num_map_evals": state.num_map_evals,
-                "stalled": state.tracker.stalled(self.patience) & ~(state.error < 1),
+                **solver_stats(state.num_map_evals, state.error, state.tracker, self.patience),
                 "num_rejected": state.num_rejected,
             },
         )

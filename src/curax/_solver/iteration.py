@@ -7,7 +7,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Int, PyTree, Scalar
 
 from .._custom_types import Aux
-from ._misc import scaled_error, StallTracker, terminate_on, to_simplex
+from ._misc import scaled_error, solver_stats, StallTracker, terminate_on, to_simplex
 
 
 class _IterationState(eqx.Module):
@@ -17,9 +17,7 @@ class _IterationState(eqx.Module):
 
 
 def _init(y: Array) -> _IterationState:
-    return _IterationState(
-        jnp.array(jnp.inf, y.dtype), StallTracker.init(y.dtype), jnp.array(0)
-    )
+    return _IterationState(jnp.array(jnp.inf, y.dtype), StallTracker.init(y.dtype), jnp.array(0))
 
 
 def _step(solver: Any, damp: Any, fn, y, args, state: _IterationState):
@@ -28,9 +26,7 @@ def _step(solver: Any, damp: Any, fn, y, args, state: _IterationState):
     # removes rounding drift, which the finite-K map would amplify (design notes, section 7).
     new_y = to_simplex((1 - damp) * fy + damp * y)
     error = scaled_error(y, fy, solver.rtol, solver.atol, solver.norm)
-    new_state = _IterationState(
-        error, state.tracker.update(error), state.num_map_evals + 1
-    )
+    new_state = _IterationState(error, state.tracker.update(error), state.num_map_evals + 1)
     return new_y, new_state, aux
 
 
@@ -64,15 +60,13 @@ class PlainIteration(optx.AbstractFixedPointSolver[Array, Aux, _IterationState])
         del options, tags
         return _step(self, 0.0, fn, y, args, state)
 
-    def terminate(
-        self, fn, y, args, options, state, tags
-    ) -> tuple[Bool[Array, ""], optx.RESULTS]:
+    def terminate(self, fn, y, args, options, state, tags) -> tuple[Bool[Array, ""], optx.RESULTS]:
         del fn, y, args, options, tags
         return terminate_on(state.error, state.tracker, self.patience)
 
     def postprocess(self, fn, y, aux, args, options, state, tags, result):
         del fn, args, options, tags, result
-        return y, aux, _stats(state, self.patience)
+        return y, aux, solver_stats(state.num_map_evals, state.error, state.tracker, self.patience)
 
 
 class DampedIteration(optx.AbstractFixedPointSolver[Array, Aux, _IterationState]):
@@ -101,22 +95,13 @@ class DampedIteration(optx.AbstractFixedPointSolver[Array, Aux, _IterationState]
         del options, tags
         return _step(self, self.damp, fn, y, args, state)
 
-    def terminate(
-        self, fn, y, args, options, state, tags
-    ) -> tuple[Bool[Array, ""], optx.RESULTS]:
+    def terminate(self, fn, y, args, options, state, tags) -> tuple[Bool[Array, ""], optx.RESULTS]:
         del fn, y, args, options, tags
         return terminate_on(state.error, state.tracker, self.patience)
 
     def postprocess(self, fn, y, aux, args, options, state, tags, result):
         del fn, args, options, tags, result
-        return y, aux, _stats(state, self.patience)
-
-
-def _stats(state: _IterationState, patience: int | None) -> dict[str, Array]:
-    return {
-        "num_map_evals": state.num_map_evals,
-        "stalled": state.tracker.stalled(patience) & ~(state.error < 1),
-    }
+        return y, aux, solver_stats(state.num_map_evals, state.error, state.tracker, self.patience)
 
 
 _ARGS_DOC = """- `rtol`: relative tolerance: stop when

@@ -9,7 +9,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Int, PyTree, Scalar
 
 from .._custom_types import Aux
-from ._misc import scaled_error, StallTracker, terminate_on, to_simplex
+from ._misc import scaled_error, solver_stats, StallTracker, terminate_on, to_simplex
 
 
 class _NewtonKrylovState(eqx.Module):
@@ -51,9 +51,7 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
     max_backtracks: int = 5
     patience: int = 32
 
-    def init(
-        self, fn, y, args, options, f_struct, aux_struct, tags
-    ) -> _NewtonKrylovState:
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> _NewtonKrylovState:
         del fn, args, options, f_struct, aux_struct, tags
         return _NewtonKrylovState(
             jnp.array(jnp.inf, y.dtype),
@@ -81,12 +79,8 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
             v = project(v)
             return project(lin(v) - v)
 
-        operator = lx.FunctionLinearOperator(
-            matvec, jax.ShapeDtypeStruct(y.shape, y.dtype)
-        )
-        lin_sol = lx.linear_solve(
-            operator, -project(res0), self.linear_solver, throw=False
-        )
+        operator = lx.FunctionLinearOperator(matvec, jax.ShapeDtypeStruct(y.shape, y.dtype))
+        lin_sol = lx.linear_solve(operator, -project(res0), self.linear_solver, throw=False)
         # (A failed or inexact Krylov solve is not fatal: the line search judges the step.)
         direction = project(lin_sol.value)
         direction = jnp.where(jnp.all(jnp.isfinite(direction)), direction, -res0)
@@ -98,9 +92,7 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
         # Fraction to the boundary: the step never zeroes a point's mass outright (that
         # distorts the iterate and, for a replicator map, cannot be undone); points still
         # head geometrically towards zero if the Newton direction says so.
-        ratio = jnp.where(
-            direction < 0, y / jnp.where(direction < 0, -direction, 1.0), jnp.inf
-        )
+        ratio = jnp.where(direction < 0, y / jnp.where(direction < 0, -direction, 1.0), jnp.inf)
         t_max = jnp.minimum(1.0, 0.99 * jnp.min(ratio))
         # A step cut short by the boundary is no Newton step: go straight to the fallback.
         usable = t_max >= 0.05
@@ -150,9 +142,7 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
         )
         return new_y, new_state, aux
 
-    def terminate(
-        self, fn, y, args, options, state, tags
-    ) -> tuple[Bool[Array, ""], optx.RESULTS]:
+    def terminate(self, fn, y, args, options, state, tags) -> tuple[Bool[Array, ""], optx.RESULTS]:
         del fn, y, args, options, tags
         return terminate_on(state.error, state.tracker, self.patience)
 
@@ -162,8 +152,7 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
             y,
             aux,
             {
-                "num_map_evals": state.num_map_evals,
-                "stalled": state.tracker.stalled(self.patience) & ~(state.error < 1),
+                **solver_stats(state.num_map_evals, state.error, state.tracker, self.patience),
             },
         )
 
@@ -174,7 +163,8 @@ NewtonKrylov.__init__.__doc__ = """**Arguments:**
 - `atol`: absolute tolerance (see `rtol`).
 - `norm`: the norm of that scaled residual, e.g. `optx.max_norm` (default).
 - `linear_solver`: the lineax solver for the Newton system (matrix-free; default GMRES with
-    restart 50, at most 2 restarts: an inexact Newton step). Its failure is not fatal: the line search decides.
+    restart 50, at most 2 restarts: an inexact Newton step). Its failure is not fatal: the
+    line search decides.
 - `max_backtracks`: halvings of the step before the line search gives up.
 - `patience`: steps without a new best residual after which the solve is declared stalled.
 """

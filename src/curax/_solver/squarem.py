@@ -11,6 +11,7 @@ from ._misc import (
     DEFAULT_PATIENCE,
     log_extrapolate,
     scaled_error,
+    solver_stats,
     StallTracker,
     terminate_on,
     to_simplex,
@@ -126,9 +127,7 @@ class SQUAREM(optx.AbstractFixedPointSolver[Array, Aux, _SquaremState]):
         )
         return new_y, new_state, aux
 
-    def terminate(
-        self, fn, y, args, options, state, tags
-    ) -> tuple[Bool[Array, ""], optx.RESULTS]:
+    def terminate(self, fn, y, args, options, state, tags) -> tuple[Bool[Array, ""], optx.RESULTS]:
         del fn, y, args, options, tags
         return terminate_on(state.error, state.tracker, self.patience)
 
@@ -138,8 +137,7 @@ class SQUAREM(optx.AbstractFixedPointSolver[Array, Aux, _SquaremState]):
             y,
             aux,
             {
-                "num_map_evals": state.num_map_evals,
-                "stalled": state.tracker.stalled(self.patience) & ~(state.error < 1),
+                **solver_stats(state.num_map_evals, state.error, state.tracker, self.patience),
                 "num_rejected": state.num_rejected,
             },
         )
