@@ -489,11 +489,17 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         "## Summary",
         "",
-        "| section | check | verdict |",
-        "|---|---|---|",
+        "| section | check | cases | verdicts |",
+        "|---|---|---|---|",
     ]
+    # One row per check: the cases (parameters) of each are in the section tables below.
+    counts: dict[tuple[str, str], dict[str, int]] = {}
     for sec, name, verdict in _verdicts(results):
-        lines.append(f"| {sec} | {name} | **{verdict}** |")
+        per = counts.setdefault((sec, name), {})
+        per[verdict] = per.get(verdict, 0) + 1
+    for (sec, name), per in counts.items():
+        text = ", ".join(f"**{v}** x{c}" if c > 1 else f"**{v}**" for v, c in per.items())
+        lines.append(f"| {sec} | {name} | {sum(per.values())} | {text} |")
     for key, title in SECTIONS:
         data = results.get(key)
         if data is None:
