@@ -9,6 +9,8 @@ import jax
 # stay float32 (state what float32 can reach: see the README).
 jax.config.update("jax_enable_x64", True)
 
+from . import theory as theory
+from ._fixed_point import fixed_point as fixed_point
 from ._grids import (
     gaussian_bump_reward as gaussian_bump_reward,
     grid_1d as grid_1d,
@@ -29,6 +31,14 @@ from ._maps import (
     ReplicatorMap as ReplicatorMap,
     trajectory as trajectory,
 )
+from ._nash import (
+    BargainingProblem as BargainingProblem,
+    compare as compare,
+    mixing_fixed_point as mixing_fixed_point,
+    nash_optimize as nash_optimize,
+    nash_solution as nash_solution,
+    NashComparison as NashComparison,
+)
 from ._problem import (
     CurationProblem as CurationProblem,
     nodes_for_spread as nodes_for_spread,
@@ -36,10 +46,17 @@ from ._problem import (
     spread_for_nodes as spread_for_nodes,
     support_size as support_size,
 )
+from ._sampling import (
+    fit_mixture as fit_mixture,
+    GaussianMixture as GaussianMixture,
+    sample_round as sample_round,
+    sample_size_study as sample_size_study,
+    SampleSizeStudy as SampleSizeStudy,
+    simulate_histogram as simulate_histogram,
+    simulate_mixture as simulate_mixture,
+)
+from ._sharding import device_mesh as device_mesh, shard_support as shard_support
 from ._solution import RESULTS as RESULTS, Solution as Solution
-
-# --- solvers (issue 4) ---
-from ._fixed_point import fixed_point as fixed_point
 from ._solver import (
     ActiveSetNewton as ActiveSetNewton,
     Anderson as Anderson,
@@ -52,31 +69,6 @@ from ._stability import (
     stability as stability,
     StabilityReport as StabilityReport,
 )
-
-# --- nash (issue 5) ---
-from ._nash import (
-    BargainingProblem as BargainingProblem,
-    compare as compare,
-    mixing_fixed_point as mixing_fixed_point,
-    nash_optimize as nash_optimize,
-    nash_solution as nash_solution,
-    NashComparison as NashComparison,
-)
-
-# --- theory, sampling, cli (issue 6) ---
-from . import theory as theory
-from ._sampling import (
-    fit_mixture as fit_mixture,
-    GaussianMixture as GaussianMixture,
-    sample_round as sample_round,
-    sample_size_study as sample_size_study,
-    SampleSizeStudy as SampleSizeStudy,
-    simulate_histogram as simulate_histogram,
-    simulate_mixture as simulate_mixture,
-)
-
-# --- sweep (issue 7) ---
-from ._sharding import device_mesh as device_mesh, shard_support as shard_support
 from ._sweep import (
     load_sweep as load_sweep,
     plot_sweep as plot_sweep,
