@@ -21,11 +21,10 @@ import pathlib
 import sys
 import time
 
+import curax
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import curax
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
@@ -46,7 +45,11 @@ def problem_for(n, m, spread, k, key):
     x = jnp.linspace(-1.0, 1.0, n)
     centres = jax.random.uniform(key, (m, 1), minval=-1.0, maxval=1.0)
     r = -((x[None, :] - centres) ** 2)
-    r = spread * (r - r.min(axis=1, keepdims=True)) / (r.max(axis=1, keepdims=True) - r.min(axis=1, keepdims=True))
+    r = (
+        spread
+        * (r - r.min(axis=1, keepdims=True))
+        / (r.max(axis=1, keepdims=True) - r.min(axis=1, keepdims=True))
+    )
     return curax.CurationProblem(r, jnp.full((m,), 1.0 / m), k)
 
 
@@ -84,10 +87,19 @@ def main():
                 t = best_time(curate, p, problem, repeats=2 if (k and n >= 1_000_000) else 5)
                 # Inside a loop (as in every solver) XLA hoists what does not depend on p.
                 rounds = 3 if k else 20
-                t_loop = best_time(
-                    jax.jit(lambda p, pr: jax.lax.fori_loop(0, rounds, lambda i, q: curax.curate(q, pr), p)),
-                    p, problem, repeats=2,
-                ) / rounds
+                t_loop = (
+                    best_time(
+                        jax.jit(
+                            lambda p, pr: jax.lax.fori_loop(
+                                0, rounds, lambda i, q: curax.curate(q, pr), p
+                            )
+                        ),
+                        p,
+                        problem,
+                        repeats=2,
+                    )
+                    / rounds
+                )
                 mem = curate.lower(p, problem).compile().memory_analysis()
                 temp = int(getattr(mem, "temp_size_in_bytes", -1)) if mem is not None else -1
                 out = curate(p, problem)
@@ -95,11 +107,20 @@ def main():
                     base = t
                     base_loop = t_loop
                 row = dict(
-                    n=n, m=m, k="inf" if k is None else k, spread=spread,
-                    nodes=problem.quadrature_nodes, seconds=t, ratio_to_floor=t / floor,
-                    seconds_in_loop=t_loop, loop_ratio_to_floor=t_loop / floor,
-                    ratio_to_k_inf=t / base, loop_ratio_to_k_inf=t_loop / base_loop, target_ratio_to_k_inf=(1.5 * problem.quadrature_nodes if k else 2.0),
-                    temp_bytes=temp, q_times_n_bytes=8 * m * max(problem.quadrature_nodes, 1) * n,
+                    n=n,
+                    m=m,
+                    k="inf" if k is None else k,
+                    spread=spread,
+                    nodes=problem.quadrature_nodes,
+                    seconds=t,
+                    ratio_to_floor=t / floor,
+                    seconds_in_loop=t_loop,
+                    loop_ratio_to_floor=t_loop / floor,
+                    ratio_to_k_inf=t / base,
+                    loop_ratio_to_k_inf=t_loop / base_loop,
+                    target_ratio_to_k_inf=(1.5 * problem.quadrature_nodes if k else 2.0),
+                    temp_bytes=temp,
+                    q_times_n_bytes=8 * m * max(problem.quadrature_nodes, 1) * n,
                     mass_error=abs(float(out.sum()) - 1),
                     exact_rel_error=exact_error(k, spread) if k else 0.0,
                     floor_seconds=floor,
@@ -107,9 +128,13 @@ def main():
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     meta = dict(
-        device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform,
-        dtype="float64", x64=bool(jax.config.jax_enable_x64), cpu_count=os.cpu_count(),
-        jax=jax.__version__, quick=args.quick,
+        device=jax.devices()[0].device_kind,
+        platform=jax.devices()[0].platform,
+        dtype="float64",
+        x64=bool(jax.config.jax_enable_x64),
+        cpu_count=os.cpu_count(),
+        jax=jax.__version__,
+        quick=args.quick,
     )
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

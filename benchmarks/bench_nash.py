@@ -53,9 +53,7 @@ def smooth_1d(n, m, seed):
     r = np.zeros((m, n))
     for i in range(m):
         for f in range(1, 7):
-            r[i] += (
-                rng.normal() / f * np.sin(2 * np.pi * f * x + rng.uniform(0, 2 * np.pi))
-            )
+            r[i] += rng.normal() / f * np.sin(2 * np.pi * f * x + rng.uniform(0, 2 * np.pi))
         r[i] *= 3.0
     return r, rng.dirichlet(np.ones(m)), (n,)
 
@@ -93,9 +91,7 @@ def true_gap(p, e, a):
 
 
 def solve_fn(bp, grid_shape):
-    f = eqx.filter_jit(
-        lambda b: curax.nash_solution(b, grid_shape=grid_shape, throw=False)
-    )
+    f = eqx.filter_jit(lambda b: curax.nash_solution(b, grid_shape=grid_shape, throw=False))
     return lambda: f(bp)
 
 
@@ -155,9 +151,7 @@ def bench_solves(sizes, ms, repeats, cvx_max_n, cvx_timeout):
         for n in sizes[fam]:
             for m in ms:
                 r, a, shape = make(n, m, seed=m)
-                bp = curax.BargainingProblem.from_rewards(
-                    jnp.asarray(r), jnp.asarray(a)
-                )
+                bp = curax.BargainingProblem.from_rewards(jnp.asarray(r), jnp.asarray(a))
                 e = bp.utilities
                 fn = solve_fn(bp, shape)
                 t0 = time.perf_counter()
@@ -253,9 +247,7 @@ def markdown(res):
         lines.append(
             f"| {r['family']} | {r['n']:,} | {r['m']} | {r['certified_gap']:.1e} | "
             f"{r['true_gap']:.1e} | {r['passes']:.2f} | {1e3 * r['time_min_s']:.2f} | "
-            f"{1e3 * r['pass_min_s']:.2f} | {r['ratio_to_pass']:.1f}x | "
-            + " | ".join(cvs)
-            + " |"
+            f"{1e3 * r['pass_min_s']:.2f} | {r['ratio_to_pass']:.1f}x | " + " | ".join(cvs) + " |"
         )
     b = res.get("batch")
     if b:
@@ -301,9 +293,7 @@ def main():
             "jax": jax.__version__,
         },
         "repeats": args.repeats,
-        "solves": bench_solves(
-            sizes, ms, args.repeats, args.cvx_max_n, args.cvx_timeout
-        ),
+        "solves": bench_solves(sizes, ms, args.repeats, args.cvx_max_n, args.cvx_timeout),
     }
     if not args.no_batch:
         res["batch"] = bench_batch(256 if not args.quick else 32, 2000, 3, 3)

@@ -95,9 +95,7 @@ def run_monitored(name, solver, chunk, problem, budget, max_evals):
             y, state, steps, done = carry
             y2, s2, _ = solver.step(fn, y, problem, options, state, tags)
             term, _ = solver.terminate(fn, y, problem, options, s2, tags)
-            y2, s2 = jtu.tree_map(
-                lambda a, b: jnp.where(done, a, b), (y, state), (y2, s2)
-            )
+            y2, s2 = jtu.tree_map(lambda a, b: jnp.where(done, a, b), (y, state), (y2, s2))
             steps2 = jnp.where(done, steps, steps + 1)
             gap = curax.fw_gap(y2, problem)
             evals = _counted(solver, s2, steps2)
@@ -177,9 +175,7 @@ def batch_bench(batch: int, n: int):
 
     def solve(w):
         problem = curax.CurationProblem(base.rewards, w)
-        return curax.fixed_point(
-            curax.curate, solver, problem.uniform(), problem, throw=False
-        )
+        return curax.fixed_point(curax.curate, solver, problem.uniform(), problem, throw=False)
 
     run = eqx.filter_jit(jax.vmap(solve))
     t0 = time.perf_counter()
@@ -208,12 +204,8 @@ def batch_bench(batch: int, n: int):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--quick", action="store_true", help="small sizes, short budgets"
-    )
-    parser.add_argument(
-        "--budget", type=float, default=None, help="seconds per solver run"
-    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, short budgets")
+    parser.add_argument("--budget", type=float, default=None, help="seconds per solver run")
     args = parser.parse_args()
     quick = args.quick
     budget = args.budget if args.budget is not None else (3.0 if quick else 15.0)
@@ -295,9 +287,7 @@ def markdown(results) -> str:
                     cells.append(f"{bhit['evals'] / max(hit['evals'], 1):.3g}")
                 else:
                     cells.append(f">{base['evals'] / max(hit['evals'], 1):.3g}")
-            lines.append(
-                f"| {r['solver']} | " + " | ".join(cells) + f" | {r['best_gap']:.1e} |"
-            )
+            lines.append(f"| {r['solver']} | " + " | ".join(cells) + f" | {r['best_gap']:.1e} |")
         e = pr["active_set_end_to_end"]
         lines += [
             "",

@@ -2,10 +2,9 @@ import json
 import subprocess
 import sys
 
+import curax
 import numpy as np
 import pytest
-
-import curax
 from curax._cli import main
 
 

@@ -35,10 +35,7 @@ def test_active_set_nash_point_certified(nash_problem, nash_solution):
     assert sol.result == curax.RESULTS.successful
     # The certificate, recomputed independently of the solver's own stats.
     assert float(curax.fw_gap(sol.value, nash_problem)) <= 1e-10
-    assert (
-        float(jnp.max(jnp.abs(curax.curate(sol.value, nash_problem) - sol.value)))
-        <= 1e-12
-    )
+    assert float(jnp.max(jnp.abs(curax.curate(sol.value, nash_problem) - sol.value))) <= 1e-12
     assert int(sol.stats["num_map_evals"]) <= 40
     assert float(sol.stats["fw_gap"]) <= 1e-10
     # Generically at most m = 2 atoms (Caratheodory).
@@ -70,9 +67,7 @@ def test_optimistix_interop(nash_problem):
     solver = curax.SQUAREM(rtol=1e-9, atol=1e-9)
     p0 = nash_problem.uniform()
     ours = curax.fixed_point(curax.curate, solver, p0, nash_problem, max_steps=20_000)
-    theirs = optx.fixed_point(
-        curax.curate, solver, p0, args=nash_problem, max_steps=20_000
-    )
+    theirs = optx.fixed_point(curax.curate, solver, p0, args=nash_problem, max_steps=20_000)
     assert theirs.result == optx.RESULTS.successful
     # Same iterates up to rounding (curax.fixed_point renormalises y0 onto the simplex).
     assert jnp.allclose(ours.value, theirs.value, rtol=0, atol=1e-12)
@@ -99,9 +94,7 @@ def test_active_set_finite_k_against_enumeration():
     )
     weights = jnp.array([0.4, 0.6])
     problem = curax.CurationProblem(rewards, weights, k)
-    sol = curax.fixed_point(
-        curax.curate, curax.ActiveSetNewton(), problem.uniform(), problem
-    )
+    sol = curax.fixed_point(curax.curate, curax.ActiveSetNewton(), problem.uniform(), problem)
     assert sol.result == curax.RESULTS.successful
     assert float(sol.stats["residual"]) <= 1e-12
     assert int(sol.stats["num_map_evals"]) <= 60
@@ -129,9 +122,7 @@ SOLVERS = (
 
 @pytest.fixture(scope="module")
 def reference_problem():
-    _, problem = curax.two_basin_problem(
-        n=N, q=0.3, k=3, reference_weight=0.25, curvature=1.0
-    )
+    _, problem = curax.two_basin_problem(n=N, q=0.3, k=3, reference_weight=0.25, curvature=1.0)
     return problem
 
 
@@ -150,9 +141,7 @@ def reference_point(reference_problem):
 
 
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: type(s).__name__)
-def test_every_solver_finds_interior_fixed_point(
-    solver, reference_problem, reference_point
-):
+def test_every_solver_finds_interior_fixed_point(solver, reference_problem, reference_point):
     sol = curax.fixed_point(
         curax.curate,
         solver,
@@ -200,9 +189,7 @@ def test_newton_krylov_spurious_point_flagged(nash_problem):
     assert float(sol.stats["fw_gap"]) > 1e-3
     assert curax.stability(sol.value, nash_problem).verdict == "unstable"
     with pytest.raises(Exception, match="not stable"):
-        curax.fixed_point(
-            curax.curate, curax.NewtonKrylov(1e-10, 1e-10), p0, nash_problem
-        )
+        curax.fixed_point(curax.curate, curax.NewtonKrylov(1e-10, 1e-10), p0, nash_problem)
 
 
 def test_vertex_start_is_spurious(nash_problem):
@@ -255,9 +242,7 @@ def test_stall_reported(solver):
 
 def test_bad_inputs(nash_problem):
     with pytest.raises(ValueError, match="y0"):
-        curax.fixed_point(
-            curax.curate, curax.SQUAREM(1e-8, 1e-8), jnp.ones((2, 3)), nash_problem
-        )
+        curax.fixed_point(curax.curate, curax.SQUAREM(1e-8, 1e-8), jnp.ones((2, 3)), nash_problem)
     with pytest.raises(ValueError, match="y0"):
         curax.fixed_point(
             curax.curate,
@@ -279,18 +264,14 @@ def test_bad_inputs(nash_problem):
 def test_user_replicator_map_and_growth(nash_problem):
     """A user's own growth factor (the K = infinity map written by hand), through
     curax.ReplicatorMap and through ActiveSetNewton(growth=...)."""
-    w = jnp.exp(
-        nash_problem.rewards - jnp.max(nash_problem.rewards, axis=1, keepdims=True)
-    )
+    w = jnp.exp(nash_problem.rewards - jnp.max(nash_problem.rewards, axis=1, keepdims=True))
     alpha = nash_problem.weights
 
     def growth(p, args):
         return args.T @ (alpha / (args @ p))
 
     fn = curax.ReplicatorMap(growth)
-    sol = curax.fixed_point(
-        fn, curax.ActiveSetNewton(), jnp.full(w.shape[1], 1 / w.shape[1]), w
-    )
+    sol = curax.fixed_point(fn, curax.ActiveSetNewton(), jnp.full(w.shape[1], 1 / w.shape[1]), w)
     assert float(sol.stats["fw_gap"]) <= 1e-10
     ref = curax.fixed_point(
         curax.curate, curax.ActiveSetNewton(), nash_problem.uniform(), nash_problem
@@ -298,8 +279,7 @@ def test_user_replicator_map_and_growth(nash_problem):
     assert (
         abs(
             float(
-                curax.potential(sol.value, nash_problem)
-                - curax.potential(ref.value, nash_problem)
+                curax.potential(sol.value, nash_problem) - curax.potential(ref.value, nash_problem)
             )
         )
         <= 1e-12
@@ -343,4 +323,6 @@ def test_garbage_fixed_point_is_not_successful(value):
     )
     assert sol.result != curax.RESULTS.successful
     with pytest.raises(Exception):
-        curax.fixed_point(fn, curax.PlainIteration(rtol=1e-8, atol=1e-8), jnp.ones(3) / 3, max_steps=8)
+        curax.fixed_point(
+            fn, curax.PlainIteration(rtol=1e-8, atol=1e-8), jnp.ones(3) / 3, max_steps=8
+        )

@@ -32,9 +32,7 @@ def test_gradients_interior_fixed_point(getkey):
             reference_weight,
             quadrature_nodes=curax.nodes_for_spread(25.0),
         )
-        sol = curax.fixed_point(
-            curax.curate, solver, problem.uniform(), problem, max_steps=20_000
-        )
+        sol = curax.fixed_point(curax.curate, solver, problem.uniform(), problem, max_steps=20_000)
         return c @ sol.value
 
     params = (rewards, jnp.array([0.3, 0.7]), jnp.array(1.3), jnp.array(0.3))
@@ -62,9 +60,7 @@ def test_gradient_nash_point_utilities():
 
     def log_utilities(weights):
         problem = curax.CurationProblem(rewards, weights)
-        sol = curax.fixed_point(
-            curax.curate, curax.ActiveSetNewton(), problem.uniform(), problem
-        )
+        sol = curax.fixed_point(curax.curate, curax.ActiveSetNewton(), problem.uniform(), problem)
         return curax.expected_exp_rewards(sol.value, problem)
 
     weights = jnp.array([0.35, 0.65])

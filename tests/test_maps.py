@@ -1,11 +1,10 @@
+import curax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-
-import curax
 
 from .helpers import brute_force_curate, brute_force_growth, multinomial_growth
 
@@ -84,7 +83,14 @@ def test_infinite_k_is_the_limit_of_finite_k():
     limit = curax.curate(p, curax.CurationProblem(rewards, jnp.array([0.4, 0.6])))
     ks = [4, 16, 64, 256, 1024, 4096]
     errs = [
-        float(jnp.max(jnp.abs(curax.curate(p, curax.CurationProblem(rewards, jnp.array([0.4, 0.6]), k)) - limit)))
+        float(
+            jnp.max(
+                jnp.abs(
+                    curax.curate(p, curax.CurationProblem(rewards, jnp.array([0.4, 0.6]), k))
+                    - limit
+                )
+            )
+        )
         for k in ks
     ]
     assert all(b < a for a, b in zip(errs, errs[1:])), errs
@@ -101,7 +107,9 @@ def test_several_rewards_temperature_reference_match_enumeration():
     p = rng.dirichlet(np.ones(n))
     ref = rng.dirichlet(np.ones(n))
     for k in (None, 1, 3, 5):
-        problem = curax.CurationProblem(jnp.asarray(rewards), jnp.asarray(weights), k, 0.7, jnp.asarray(ref), 0.25)
+        problem = curax.CurationProblem(
+            jnp.asarray(rewards), jnp.asarray(weights), k, 0.7, jnp.asarray(ref), 0.25
+        )
         out = np.asarray(curax.curate(jnp.asarray(p), problem))
         expected = brute_force_curate(p, rewards, weights, k, 0.7, ref, 0.25)
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)
@@ -217,7 +225,9 @@ def test_jit_vmap_grad(getkey):
     v = jr.normal(getkey(), problem.rewards.shape)
 
     def f(rewards):
-        prob = curax.CurationProblem(rewards, problem.weights, k=4, quadrature_nodes=curax.nodes_for_spread(40.0))
+        prob = curax.CurationProblem(
+            rewards, problem.weights, k=4, quadrature_nodes=curax.nodes_for_spread(40.0)
+        )
         return jnp.sum(curax.curate(ps[0], prob) * x)
 
     grad = jax.grad(f)(problem.rewards)
@@ -257,9 +267,22 @@ def _prob():
         (dict(rewards=jnp.zeros((1, 3)), temperature=0.0), "temperature"),
         (dict(rewards=jnp.zeros((1, 3)), temperature=-1.0), "temperature"),
         (dict(rewards=jnp.zeros((1, 3)), reference_weight=0.5), "needs a `reference`"),
-        (dict(rewards=jnp.zeros((1, 3)), reference=jnp.array([0.5, 0.5, 0.5]), reference_weight=0.5), "reference"),
-        (dict(rewards=jnp.zeros((1, 3)), reference=jnp.ones(3) / 3, reference_weight=1.5), r"\[0, 1\]"),
-        (dict(rewards=jnp.zeros((1, 3)), reference=jnp.ones(4) / 4, reference_weight=0.5), r"shape \(3,\)"),
+        (
+            dict(
+                rewards=jnp.zeros((1, 3)),
+                reference=jnp.array([0.5, 0.5, 0.5]),
+                reference_weight=0.5,
+            ),
+            "reference",
+        ),
+        (
+            dict(rewards=jnp.zeros((1, 3)), reference=jnp.ones(3) / 3, reference_weight=1.5),
+            r"\[0, 1\]",
+        ),
+        (
+            dict(rewards=jnp.zeros((1, 3)), reference=jnp.ones(4) / 4, reference_weight=0.5),
+            r"shape \(3,\)",
+        ),
     ],
 )
 def test_bad_problem_is_refused(kwargs, match):

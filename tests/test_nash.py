@@ -73,9 +73,7 @@ def test_cvxpy_clarabel(seed):
     prob = cp.Problem(cp.Maximize(an @ cp.log(e @ x)), [x >= 0, cp.sum(x) == 1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prob.solve(
-            solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10
-        )
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
     xc = np.clip(x.value, 0, None)
     xc /= xc.sum()
     phi_cvx = float(an @ np.log(e @ xc))
@@ -105,9 +103,7 @@ def test_grid_2d():
     rng = np.random.default_rng(0)
     centres = rng.uniform(-1.5, 1.5, (3, 2))
     # (curax.quadratic_reward broadcasts (n, 2) - (2,), which rank_promotion="raise" refuses.)
-    r = jnp.stack(
-        [-2.0 * jnp.sum((pts - c[None, :]) ** 2, axis=1) for c in jnp.asarray(centres)]
-    )
+    r = jnp.stack([-2.0 * jnp.sum((pts - c[None, :]) ** 2, axis=1) for c in jnp.asarray(centres)])
     a = jnp.asarray(rng.dirichlet(np.ones(3)))
     bp = curax.BargainingProblem.from_rewards(r, a)
     sol = curax.nash_solution(bp, grid_shape=(50, 60))
@@ -200,14 +196,10 @@ def test_one_reward_collapses_on_argmax():
 
 
 def test_single_point():
-    sol = curax.nash_solution(
-        curax.BargainingProblem.from_rewards(jnp.array([[0.3], [2.0]]))
-    )
+    sol = curax.nash_solution(curax.BargainingProblem.from_rewards(jnp.array([[0.3], [2.0]])))
     assert sol.result == curax.RESULTS.successful
     np.testing.assert_allclose(sol.value, [1.0])
-    assert float(sol.stats["objective"]) == pytest.approx(
-        0.5 * 0.3 + 0.5 * 2.0, abs=1e-14
-    )
+    assert float(sol.stats["objective"]) == pytest.approx(0.5 * 0.3 + 0.5 * 2.0, abs=1e-14)
 
 
 def test_all_utilities_equal():
@@ -254,9 +246,7 @@ def test_bad_inputs():
     with pytest.raises(Exception, match="disagreement point 0"):
         curax.nash_solution(bp)
     with pytest.raises(Exception, match="non-negative"):
-        curax.nash_solution(
-            curax.BargainingProblem(-jnp.ones((2, 3)), utility="linear")
-        )
+        curax.nash_solution(curax.BargainingProblem(-jnp.ones((2, 3)), utility="linear"))
     with pytest.raises(ValueError, match="grid_shape"):
         curax.nash_solution(curax.BargainingProblem(jnp.ones((2, 12))), grid_shape=(5,))
     with pytest.raises(ValueError, match="max_passes"):
@@ -345,9 +335,7 @@ def test_optimize_family_exp_matches_solution():
 def test_optimize_infeasible():
     # Disagreement point above every feasible utility pair.
     u = jnp.array([[1.0, 0.0], [0.0, 1.0]])
-    bp = curax.BargainingProblem(
-        u, disagreement=jnp.array([0.6, 0.6]), utility="linear"
-    )
+    bp = curax.BargainingProblem(u, disagreement=jnp.array([0.6, 0.6]), utility="linear")
     sol = curax.nash_optimize(bp, max_steps=200, throw=False)
     assert sol.result == curax.RESULTS.infeasible
     assert np.all(np.isfinite(sol.value))
@@ -370,9 +358,7 @@ def test_mixing_fixed_point_matches_dynamics(rw):
     sol = curax.mixing_fixed_point(problem)
     assert sol.result == curax.RESULTS.successful
     # Independent: the map's own residual, and the dynamics run to convergence.
-    assert (
-        float(jnp.max(jnp.abs(curax.curate(sol.value, problem) - sol.value))) <= 1e-13
-    )
+    assert float(jnp.max(jnp.abs(curax.curate(sol.value, problem) - sol.value))) <= 1e-13
     ps = curax.trajectory(problem.uniform(), problem, 3000)
     np.testing.assert_allclose(ps[-1], sol.value, atol=1e-12)
 
@@ -412,8 +398,8 @@ def test_compare_stable_and_unstable():
     assert bad.verdict == "unstable"
     assert float(bad.objective_difference) > 0
     assert float(bad.fw_gap_point) >= float(bad.objective_difference)
-    assert curax.compare(
-        vertex, curax.BargainingProblem.from_curation(problem)
-    ).verdict == ("unstable")
+    assert curax.compare(vertex, curax.BargainingProblem.from_curation(problem)).verdict == (
+        "unstable"
+    )
     with pytest.raises(ValueError, match="point"):
         curax.compare(jnp.ones(3) / 3, problem)

@@ -2,11 +2,10 @@
 to shifting a reward row, the K -> infinity map never decreases the potential, and one reward's
 map never decreases E_p[e^r] (for every K: E_{p'}[w] = E[sum w_j^2 / sum w_j] >= E_p[w])."""
 
+import curax
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings, strategies as st
-
-import curax
 
 
 _settings = settings(max_examples=15, deadline=None)
@@ -37,8 +36,12 @@ def _build(case):
     # hypothesis forbids inside strategies.
     p, (rewards, weights, k, temperature, ref, rw) = case
     problem = curax.CurationProblem(
-        jnp.asarray(rewards), jnp.asarray(weights), k, temperature,
-        None if ref is None else jnp.asarray(ref), rw,
+        jnp.asarray(rewards),
+        jnp.asarray(weights),
+        k,
+        temperature,
+        None if ref is None else jnp.asarray(ref),
+        rw,
     )
     return jnp.asarray(p), problem
 
@@ -61,10 +64,16 @@ def test_map_is_invariant_to_shifting_a_reward_row(case, shifts):
     p, problem = _build(case)
     c = jnp.asarray(shifts[: problem.num_rewards])[:, None]
     shifted = curax.CurationProblem(
-        problem.rewards + c, problem.weights, problem.k, problem.temperature,
-        problem.reference, problem.reference_weight,
+        problem.rewards + c,
+        problem.weights,
+        problem.k,
+        problem.temperature,
+        problem.reference,
+        problem.reference_weight,
     )
-    np.testing.assert_allclose(curax.curate(p, shifted), curax.curate(p, problem), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(
+        curax.curate(p, shifted), curax.curate(p, problem), rtol=1e-10, atol=1e-13
+    )
 
 
 @_settings

@@ -1,10 +1,9 @@
+import curax
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-
-import curax
 
 
 N = 21

@@ -25,18 +25,14 @@ def test_every_vertex_is_an_unstable_fixed_point(k):
         assert float(report.max_growth_off_support) > 1
         # The off-support growth is the growth factor itself (no reference data).
         assert float(report.max_growth_off_support) == pytest.approx(
-            float(
-                jnp.max(jnp.where(vertex > 0, -jnp.inf, curax.growth(vertex, problem)))
-            ),
+            float(jnp.max(jnp.where(vertex > 0, -jnp.inf, curax.growth(vertex, problem)))),
             rel=1e-12,
         )
 
 
 def test_nash_point_is_stable():
     _, problem = curax.two_basin_problem(n=N, q=0.3)
-    sol = curax.fixed_point(
-        curax.curate, curax.ActiveSetNewton(), problem.uniform(), problem
-    )
+    sol = curax.fixed_point(curax.curate, curax.ActiveSetNewton(), problem.uniform(), problem)
     report = curax.stability(sol.value, problem)
     assert report.verdict == "stable"
     assert bool(report.is_stable)
@@ -66,9 +62,7 @@ def test_face_optimum_is_unstable():
 def test_spectral_radius_matches_dense_jacobian():
     # Reference data: unique interior point, full support; compare the Arnoldi radius with
     # the dense eigenvalues of P J P (P removes the mean), computed independently.
-    _, problem = curax.two_basin_problem(
-        n=N, q=0.3, k=3, reference_weight=0.3, curvature=1.0
-    )
+    _, problem = curax.two_basin_problem(n=N, q=0.3, k=3, reference_weight=0.3, curvature=1.0)
     sol = curax.fixed_point(
         curax.curate, curax.NewtonKrylov(1e-12, 1e-12), problem.uniform(), problem
     )

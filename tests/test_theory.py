@@ -1,12 +1,11 @@
 import json
 import math
 
+import curax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-
-import curax
 from curax import theory
 
 

@@ -12,7 +12,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, PyTree
 
 from ._maps import AbstractReplicatorMap, CurationMap
-from ._problem import check_distribution, simplex_tolerance, CurationProblem
+from ._problem import check_distribution, CurationProblem, simplex_tolerance
 from ._solution import RESULTS, Solution, throw_if_failed
 from ._solver._misc import to_simplex
 from ._solver.active_set import ActiveSetNewton, support_growth_for
@@ -217,19 +217,13 @@ def _fixed_point(
         off_support = p <= max(solver.atol, 1e-12)
         gap_off = jnp.max(jnp.where(off_support, g, -jnp.inf)) - 1
         # `~(gap <= tol)`: a NaN gap is a failed certificate, not a pass.
-        check = (
-            (result == RESULTS.successful) & ~_reference_active(fn, args) & ~(gap <= tol)
-        )
+        check = (result == RESULTS.successful) & ~_reference_active(fn, args) & ~(gap <= tol)
         result = RESULTS.where(
             check,
-            RESULTS.where(
-                gap_off > tol, RESULTS.unstable_fixed_point, RESULTS.certificate_failed
-            ),
+            RESULTS.where(gap_off > tol, RESULTS.unstable_fixed_point, RESULTS.certificate_failed),
             result,
         )
     # Arrays only (Solution's annotation); `max_steps=None` (unbounded) is reported as -1.
     stats = {k: jnp.asarray(-1 if v is None else v) for k, v in stats.items()}
-    out = Solution(
-        value=sol.value, result=result, aux=sol.aux, stats=stats, state=sol.state
-    )
+    out = Solution(value=sol.value, result=result, aux=sol.aux, stats=stats, state=sol.state)
     return throw_if_failed(out, throw)

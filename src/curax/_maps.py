@@ -9,11 +9,11 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from ._problem import (
-    reward_groups,
+    CurationProblem,
+    normalised_distribution,
     QUAD_STEP,
     QUAD_U_MIN,
-    normalised_distribution,
-    CurationProblem,
+    reward_groups,
     spread_for_nodes,
 )
 
@@ -198,7 +198,9 @@ def _laplace_growth(
     h = jnp.moveaxis(lax.map(pass2, x_blocks), 0, -2).reshape(r, -1)[:, :n]
     h = k[:, None] * h
     far = log_w >= log_far[:, None]
-    asym = k[:, None] * (1 - (k[:, None] - 1) * jnp.exp(log_ew[:, None] - jnp.where(far, log_w, 0.0)))
+    asym = k[:, None] * (
+        1 - (k[:, None] - 1) * jnp.exp(log_ew[:, None] - jnp.where(far, log_w, 0.0))
+    )
     return jnp.where(far, asym, h)
 
 

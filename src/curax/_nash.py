@@ -88,8 +88,7 @@ class BargainingProblem(eqx.Module):
             utilities = utilities[None, :]
         if utilities.ndim != 2 or utilities.shape[0] < 1 or utilities.shape[1] < 1:
             raise ValueError(
-                f"`utilities` must have shape (m, n) (one utility per row), got "
-                f"{utilities.shape}."
+                f"`utilities` must have shape (m, n) (one utility per row), got {utilities.shape}."
             )
         m, n = utilities.shape
         dtype = utilities.dtype
@@ -125,13 +124,9 @@ class BargainingProblem(eqx.Module):
             log_scale = jnp.zeros((m,), dtype)
         log_scale = _as_float(log_scale, "log_scale").astype(dtype)
         if log_scale.shape != (m,):
-            raise ValueError(
-                f"`log_scale` must have shape ({m},), got {log_scale.shape}."
-            )
+            raise ValueError(f"`log_scale` must have shape ({m},), got {log_scale.shape}.")
         if utility not in ("exp", "linear", "matrix"):
-            raise ValueError(
-                f"`utility` must be 'exp', 'linear' or 'matrix', got {utility!r}."
-            )
+            raise ValueError(f"`utility` must be 'exp', 'linear' or 'matrix', got {utility!r}.")
         self.utilities = utilities
         self.weights = weights
         self.disagreement = disagreement
@@ -193,9 +188,7 @@ class BargainingProblem(eqx.Module):
         if rewards.ndim == 1:
             rewards = rewards[None, :]
         if rewards.ndim != 2:
-            raise ValueError(
-                f"`rewards` must have shape (m, n) or (n,), got {rewards.shape}."
-            )
+            raise ValueError(f"`rewards` must have shape (m, n) or (n,), got {rewards.shape}.")
         rewards = check_value(
             rewards, ~jnp.all(jnp.isfinite(rewards)), "`rewards` contains NaN or inf."
         )
@@ -209,8 +202,7 @@ class BargainingProblem(eqx.Module):
             temperature = _as_float(temperature, "temperature").astype(dtype)
             if temperature.shape not in ((), (m,)):
                 raise ValueError(
-                    f"`temperature` must be a scalar or have shape ({m},), got "
-                    f"{temperature.shape}."
+                    f"`temperature` must be a scalar or have shape ({m},), got {temperature.shape}."
                 )
             temperature = check_value(
                 temperature,
@@ -218,9 +210,7 @@ class BargainingProblem(eqx.Module):
                 "`temperature` must be finite and > 0.",
             )
             s = rewards / (temperature[:, None] if temperature.ndim else temperature)
-            return _from_scaled(
-                s, weights, disagreement, family, infinite_k_limit=False
-            )
+            return _from_scaled(s, weights, disagreement, family, infinite_k_limit=False)
         if utility == "linear":
             return cls(rewards, weights, disagreement, family, utility="linear")
         raise ValueError(f"`utility` must be 'exp' or 'linear', got {utility!r}.")
@@ -258,9 +248,7 @@ class BargainingProblem(eqx.Module):
 
 def _check_rows(family: Array, n: int) -> Array:
     tol = simplex_tolerance(family.dtype)
-    family = check_value(
-        family, ~jnp.all(jnp.isfinite(family)), "`family` contains NaN or inf."
-    )
+    family = check_value(family, ~jnp.all(jnp.isfinite(family)), "`family` contains NaN or inf.")
     family = check_value(
         family,
         jnp.any(family < -tol),
@@ -391,9 +379,7 @@ def nash_solution(
     if not isinstance(max_passes, int) or max_passes < 1:
         raise ValueError(f"`max_passes` must be a positive int, got {max_passes!r}.")
     if problem.family is not None and grid_shape is not None:
-        raise ValueError(
-            "`grid_shape` cannot be used with a mixture-family feasible set."
-        )
+        raise ValueError("`grid_shape` cannot be used with a mixture-family feasible set.")
     if grid_shape is not None:
         grid_shape = tuple(int(g) for g in grid_shape)
     # The jitted core sees arrays only (not the problem's static labels), so problems that
@@ -526,9 +512,7 @@ def _smooth_log(x: Array, eps: Array) -> Array:
     return jnp.where(x >= eps, jnp.log(safe), jnp.log(eps) + t - 0.5 * t**2)
 
 
-def _nash_gap(
-    problem: BargainingProblem, mat: Array, a: Array
-) -> tuple[Array, Array, Array]:
+def _nash_gap(problem: BargainingProblem, mat: Array, a: Array) -> tuple[Array, Array, Array]:
     """`(gap, u, g)`: the Frank-Wolfe gap `max_j g_j - a.g` of the concave objective over the
     simplex of `a`, with `g` its gradient; it bounds `Phi* - Phi(a)`."""
     alpha = problem.weights
@@ -622,9 +606,7 @@ def nash_optimize(
         gain = mat @ to_simplex(theta) - problem.disagreement
         return -jnp.sum(jnp.where(alpha > 0, alpha * _smooth_log(gain, eps), 0.0))
 
-    theta0 = (
-        jnp.ones((k,), dtype) if parametrisation == "square" else jnp.zeros((k,), dtype)
-    )
+    theta0 = jnp.ones((k,), dtype) if parametrisation == "square" else jnp.zeros((k,), dtype)
     # Optimisers with a line search (L-BFGS) keep the last value and gradient in their
     # state; reuse them. Others get a plain `jax.value_and_grad`.
     with jax.numpy_dtype_promotion("standard"):
@@ -668,9 +650,7 @@ def nash_optimize(
     u = problem.utilities @ p
     gain = u - problem.disagreement
     feasible = jnp.all((alpha <= 0) | (gain > 0))
-    result = RESULTS.where(
-        gap <= tol, RESULTS.successful, RESULTS.nonlinear_max_steps_reached
-    )
+    result = RESULTS.where(gap <= tol, RESULTS.successful, RESULTS.nonlinear_max_steps_reached)
     result = RESULTS.where(feasible, result, RESULTS.infeasible)
     stats = {
         "u": u,
@@ -770,9 +750,7 @@ def mixing_fixed_point(
     def parts(y):
         t = y @ e  # (E^T y)(x)
         slack = 1 - t
-        ok = jnp.all(jnp.where(insupp, slack > 0, True)) & jnp.all(
-            jnp.where(on, y > 0, True)
-        )
+        ok = jnp.all(jnp.where(insupp, slack > 0, True)) & jnp.all(jnp.where(on, y > 0, True))
         safe = jnp.where(insupp & (slack > 0), slack, 1.0)
         p = jnp.where(insupp, rw * pref / safe, 0.0)
         return t, safe, p, ok
@@ -790,9 +768,7 @@ def mixing_fixed_point(
         ys = jnp.where(on, y, 1.0)
         grad = jnp.where(on, e @ p - eta * alpha / ys, 0.0)
         h = jnp.where(insupp, rw * pref / safe**2, 0.0)
-        hess = (e * h[None, :]) @ e.T + jnp.diag(
-            jnp.where(on, eta * alpha / ys**2, 1.0)
-        )
+        hess = (e * h[None, :]) @ e.T + jnp.diag(jnp.where(on, eta * alpha / ys**2, 1.0))
         hess = jnp.where(on[:, None] & on[None, :], hess, jnp.eye(m, dtype=dtype))
         dy = -jnp.linalg.solve(hess, grad)
         return dy, -grad @ dy
@@ -842,9 +818,7 @@ def mixing_fixed_point(
     def polish(p, _):
         u = e @ p
         ps = jnp.where(insupp, p, 1.0)
-        grad = jnp.where(
-            insupp, eta * (_safe_ratio_nash(alpha, u) @ e) + rw * pref / ps - 1, 0.0
-        )
+        grad = jnp.where(insupp, eta * (_safe_ratio_nash(alpha, u) @ e) + rw * pref / ps - 1, 0.0)
         dinv = jnp.where(insupp, ps**2 / (rw * jnp.where(insupp, pref, 1.0)), 0.0)
         c = (jnp.sqrt(eta * alpha) / jnp.where(u > 0, u, 1.0))[:, None] * e
         cd = c * dinv[None, :]
@@ -968,9 +942,7 @@ class NashComparison(eqx.Module):
             ("support size", str(int(self.support_point)), str(int(self.support_nash))),
             ("support overlap (Jaccard)", f"{float(self.support_overlap):.4f}", ""),
         ]
-        for i, (a, b) in enumerate(
-            zip(self.log_utilities_point, self.log_utilities_nash)
-        ):
+        for i, (a, b) in enumerate(zip(self.log_utilities_point, self.log_utilities_nash)):
             rows.append((f"log u_{i}", f"{float(a):.12g}", f"{float(b):.12g}"))
         head = f"{'':28s}{'stable point':>24s}{'Nash solution':>24s}"
         lines = [head] + [f"{r[0]:28s}{r[1]:>24s}{r[2]:>24s}" for r in rows]
@@ -1024,13 +996,9 @@ def compare(
         else BargainingProblem.from_curation(problem)
     )
     if p.ndim != 1 or p.shape[0] != bp.size:
-        raise ValueError(
-            f"`point` must be a distribution of shape ({bp.size},), got {p.shape}."
-        )
+        raise ValueError(f"`point` must be a distribution of shape ({bp.size},), got {p.shape}.")
     if bp.family is not None:
-        raise ValueError(
-            "`compare` works on the simplex; `problem.family` must be None."
-        )
+        raise ValueError("`compare` works on the simplex; `problem.family` must be None.")
     p = _check_point(p.astype(bp.utilities.dtype), bp.size)
     nash = nash_solution(bp, grid_shape=grid_shape, throw=False)
     return _compare(p, nash, bp, problem, support_tol, tol)

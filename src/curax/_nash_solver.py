@@ -118,9 +118,7 @@ def solve_master(
             chol = jnp.linalg.cholesky(jnp.diag(d) + c.T @ c)
 
             def msolve(v):
-                return jnp.where(
-                    valid, jax.scipy.linalg.cho_solve((chol, True), v), 0.0
-                )
+                return jnp.where(valid, jax.scipy.linalg.cho_solve((chol, True), v), 0.0)
 
             return msolve
         # Partitioned: the `num_active` columns with the smallest z / q (the ones the optimum
@@ -143,9 +141,7 @@ def solve_master(
 
         def msolve(v):
             v_a, v_i = v[act], v[ina]
-            x_a = jax.scipy.linalg.cho_solve(
-                (s_chol, True), v_a - c_a.T @ wsolve(ci_d @ v_i)
-            )
+            x_a = jax.scipy.linalg.cho_solve((s_chol, True), v_a - c_a.T @ wsolve(ci_d @ v_i))
             r_i = v_i - c_i.T @ (c_a @ x_a)
             x_i = r_i / d_i - ci_d.T @ wsolve(ci_d @ r_i)
             out = jnp.zeros_like(v).at[act].set(x_a).at[ina].set(x_i)
@@ -430,9 +426,7 @@ def solve_nash(
     geometric = grid_shape is not None
     shape: tuple[int, ...] = tuple(grid_shape) if geometric else (n,)  # pyright: ignore
     if math.prod(shape) != n:
-        raise ValueError(
-            f"`grid_shape` {grid_shape} does not match the support size n={n}."
-        )
+        raise ValueError(f"`grid_shape` {grid_shape} does not match the support size n={n}.")
     if candidates is None:
         candidates = max(2, 2 * m)
     if keep is None:
@@ -446,9 +440,7 @@ def solve_nash(
     def down(idx: Array, level: int) -> Array:
         coords = jnp.unravel_index(idx, shape)
         factor = _STRIDE**level
-        return jnp.ravel_multi_index(
-            tuple(c // factor for c in coords), shapes[level], mode="clip"
-        )
+        return jnp.ravel_multi_index(tuple(c // factor for c in coords), shapes[level], mode="clip")
 
     passes = jnp.array(0.0, e.dtype)
     top = len(shapes) - 1

@@ -320,7 +320,9 @@ class CurationProblem(eqx.Module):
         # sizes the quadrature and lets the K -> infinity map skip its underflow guard.
         spreads = None
         if is_concrete(rewards, temperature):
-            scaled = np.asarray(rewards / (temperature[:, None] if temperature.ndim else temperature))
+            scaled = np.asarray(
+                rewards / (temperature[:, None] if temperature.ndim else temperature)
+            )
             spreads = np.ptp(scaled, axis=1)
         if quadrature_nodes is None:
             if not finite:

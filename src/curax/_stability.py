@@ -179,9 +179,7 @@ def stability(
         raise ValueError(f"`krylov_dim` must be a positive int, got {krylov_dim!r}.")
     p = jnp.asarray(p)
     if p.ndim != 1:
-        raise ValueError(
-            f"`p` must be a distribution of shape (n,), got shape {p.shape}."
-        )
+        raise ValueError(f"`p` must be a distribution of shape (n,), got shape {p.shape}.")
     if not jnp.issubdtype(p.dtype, jnp.floating):
         p = p.astype(jnp.result_type(float))
     p = to_simplex(check_distribution(p, p.shape[0], "p", p.dtype))
