@@ -357,3 +357,21 @@ def test_two_basin_problem_traces_in_its_parameters():
     batched = jax.vmap(gap)(seps)
     for i, sep in enumerate([2.0, 3.0]):
         np.testing.assert_allclose(batched[i], gap(sep), rtol=1e-13)
+
+
+def test_new_rewards_reuse_compiled_code():
+    # Static fields must not encode the reward values, or every new reward set recompiles.
+    x = curax.grid_1d(-1.0, 1.0, 50)
+    a = curax.CurationProblem(jnp.stack([-(x**2), x]), k=None)
+    b = curax.CurationProblem(jnp.stack([-3 * x**2, 2 * x]), k=None)
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    traces = []
+
+    @eqx.filter_jit
+    def f(p, problem):
+        traces.append(None)
+        return curax.curate(p, problem)
+
+    f(a.uniform(), a)
+    f(b.uniform(), b)
+    assert len(traces) == 1

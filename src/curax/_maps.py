@@ -14,6 +14,7 @@ from ._problem import (
     QUAD_STEP,
     QUAD_U_MIN,
     reward_groups,
+    safe_spread,
     spread_for_nodes,
 )
 
@@ -44,14 +45,6 @@ def _support_max(s: Array, p: Array) -> Array:
     return lax.stop_gradient(jnp.max(jnp.where(p > 0, s, -jnp.inf), axis=-1, keepdims=True))
 
 
-# Below this spread (nats) no weight exp(s - max s) underflows (float64; float32: 80), so the
-# K -> infinity map may shift by the row maximum, which depends on the rewards only: inside a
-# solver loop XLA hoists the exponentials out of the loop and each round costs two passes over
-# the weights.
-def _safe_spread(dtype: Any) -> float:
-    return 690.0 if jnp.finfo(dtype).bits == 64 else 80.0
-
-
 @jax.custom_jvp
 def _cached_exp(s: Array, cache: Array) -> Array:
     """`exp(s - max s)` read from the problem's cache. The tangent goes through `s` (so
@@ -70,7 +63,7 @@ def _cached_exp_jvp(primals, tangents):
 
 
 def _tilt_weights(
-    s: Float[Array, "r n"], cache: Float[Array, "r n"], p: Float[Array, " n"], spread: float | None
+    s: Float[Array, "r n"], cache: Float[Array, "r n"], p: Float[Array, " n"], narrow: bool | None
 ) -> tuple[Float[Array, "r n"], Float[Array, " r"]]:
     """K -> infinity: the weights w_i (any per-row scale) and u_i = E_p[w_i], so that
     G_i = w_i / u_i."""
@@ -85,11 +78,12 @@ def _tilt_weights(
         w = jnp.exp(jnp.minimum(s - _support_max(s, p), _exp_cap(s.dtype)))
         return w, w @ p
 
+    # Below the underflow-safe spread the cached weights (shifted by the row maximum, which
+    # depends on the rewards only) serve every p; wider rewards may underflow on the support.
     cache_w = _cached_exp(s, cache)
-    safe = _safe_spread(s.dtype)
-    if spread is not None and spread <= safe:
+    if narrow:
         return row_shift()
-    wide = jnp.any(jnp.max(s, axis=-1) - jnp.min(s, axis=-1) > safe)
+    wide = jnp.any(jnp.max(s, axis=-1) - jnp.min(s, axis=-1) > safe_spread(s.dtype))
     return lax.cond(wide, support_shift, row_shift)
 
 
@@ -213,7 +207,7 @@ def _grouped_growths(p: Array, problem: CurationProblem, mixed: bool) -> Array:
     order: list[int] = []
     if groups.infinite:
         idx = jnp.array(groups.infinite)
-        w, u = _tilt_weights(s[idx], problem.tilt_weights, p, problem.spread)
+        w, u = _tilt_weights(s[idx], problem.tilt_weights, p, problem.narrow)
         # Mixed: sum_i alpha_i w_i / u_i as one pass over w, without the (r, n) rows.
         parts.append((alpha[idx] / u) @ w if mixed else w / u[:, None])
     if groups.one:

@@ -58,6 +58,11 @@ def check_value(x: Array, bad: Any, message: str) -> Array:
     return eqx.error_if(x, bad, message)
 
 
+def safe_spread(dtype: Any) -> float:
+    """Largest reward spread (nats) over which `exp(s - max s)` cannot underflow."""
+    return 690.0 if jnp.finfo(dtype).bits == 64 else 80.0
+
+
 def simplex_tolerance(dtype: Any) -> float:
     """How far from the simplex a distribution may be (sum, negative entries) and still be
     accepted: 1e-6 in float64, ~1e-4 in float32."""
@@ -228,8 +233,11 @@ class CurationProblem(eqx.Module):
         through `rewards` and `temperature`, never through this cache; do not replace
         `rewards` with `eqx.tree_at` (use the constructor, or [`map_points`][] to index or
         reshard the support).
-    - `spread`: static float or `None`, the largest per-row spread (max - min) of the scaled
-        rewards, recorded when the rewards are concrete at construction.
+    - `narrow`: static bool or `None`: whether every row of the scaled rewards spans less than
+        the range where `exp` cannot underflow (690 nats in float64, 80 in float32), so that the
+        K -> infinity map needs no underflow guard; `None` when the rewards were not concrete at
+        construction. A bool, not the spread itself, so that problems with other rewards of the
+        same shapes reuse compiled code.
 
     !!! Example
 
@@ -252,7 +260,7 @@ class CurationProblem(eqx.Module):
     tilt_weights: Float[Array, "r n"] | None
     k: int | None | tuple[int | None, ...] = eqx.field(static=True)
     quadrature_nodes: int = eqx.field(static=True)
-    spread: float | None = eqx.field(static=True)
+    narrow: bool | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -350,7 +358,7 @@ class CurationProblem(eqx.Module):
         else:
             self.tilt_weights = None
         self.quadrature_nodes = quadrature_nodes
-        self.spread = None if spreads is None else float(np.max(spreads))
+        self.narrow = None if spreads is None else bool(np.max(spreads) <= safe_spread(dtype))
 
     @property
     def num_rewards(self) -> int:
