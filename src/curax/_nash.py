@@ -16,6 +16,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from ._nash_solver import solve_nash
 from ._problem import (
     _as_float,
+    check_matrix,
     check_probability_vector,
     check_value,
     CurationProblem,
@@ -83,20 +84,9 @@ class BargainingProblem(eqx.Module):
         utility: str = "matrix",
         infinite_k_limit: bool = False,
     ):
-        utilities = _as_float(utilities, "utilities")
-        if utilities.ndim == 1:
-            utilities = utilities[None, :]
-        if utilities.ndim != 2 or utilities.shape[0] < 1 or utilities.shape[1] < 1:
-            raise ValueError(
-                f"`utilities` must have shape (m, n) (one utility per row), got {utilities.shape}."
-            )
+        utilities = check_matrix(utilities, "utilities", "utility")
         m, n = utilities.shape
         dtype = utilities.dtype
-        utilities = check_value(
-            utilities,
-            ~jnp.all(jnp.isfinite(utilities)),
-            "`utilities` contains NaN or inf.",
-        )
         weights = check_probability_vector(weights, m, "weights", dtype, "utilities")
         if disagreement is None:
             disagreement = jnp.zeros((m,), dtype)

@@ -78,6 +78,21 @@ def _as_float(x: ArrayLike, name: str) -> Array:
     return x
 
 
+def check_matrix(x: ArrayLike, name: str, row: str) -> Array:
+    """Validate a finite real matrix with one `row` per row, shape (m, n) with m, n >= 1; a
+    1-D array is one row."""
+    x = _as_float(x, name)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(
+            f"`{name}` must have shape (m, n) (one {row} per row) or (n,), got {x.shape}."
+        )
+    return check_value(
+        x, ~jnp.all(jnp.isfinite(x)), f"`{name}` contains NaN or inf; every {row} must be finite."
+    )
+
+
 def check_probability_vector(
     x: ArrayLike | None, m: int, name: str, dtype: Any, over: str
 ) -> Array:
@@ -273,21 +288,9 @@ class CurationProblem(eqx.Module):
         *,
         quadrature_nodes: int | None = None,
     ):
-        rewards = _as_float(rewards, "rewards")
-        if rewards.ndim == 1:
-            rewards = rewards[None, :]
-        if rewards.ndim != 2 or rewards.shape[1] < 1 or rewards.shape[0] < 1:
-            raise ValueError(
-                f"`rewards` must have shape (m, n) (one reward per row) or (n,), got "
-                f"{rewards.shape}."
-            )
+        rewards = check_matrix(rewards, "rewards", "reward")
         m, n = rewards.shape
         dtype = rewards.dtype
-        rewards = check_value(
-            rewards,
-            ~jnp.all(jnp.isfinite(rewards)),
-            "`rewards` contains NaN or inf; every reward must be finite.",
-        )
 
         weights = check_probability_vector(weights, m, "weights", dtype, "reward rows")
 
