@@ -248,3 +248,91 @@ def test_multiprocess_sweep(tmp_path):
     np.testing.assert_allclose(
         curax.load_sweep(tmp_path).values["phi"], single.values["phi"], rtol=1e-13
     )
+
+
+def _small(q, k, scale=1.0):
+    x = curax.grid_1d(-3.0, 3.0, 30)
+    rewards = scale * jnp.stack([curax.quadratic_reward(x, -1.0), curax.quadratic_reward(x, 1.0)])
+    problem = curax.CurationProblem(
+        rewards, jnp.stack([q, 1 - q]), k, quadrature_nodes=curax.nodes_for_spread(30.0)
+    )
+    p = _iterate(problem.uniform(), problem, 10)
+    return {"left": jnp.sum(jnp.where(x < 0, p, 0.0)), "phi": curax.potential(p, problem)}
+
+
+def _small_other(q, k):
+    # The same outputs of the same shapes, but a different computation (sharper rewards).
+    return _small(q, k, scale=1.5)
+
+
+_SMALL_GRID = {"q": np.linspace(0.2, 0.8, 5), "k": [2, None]}
+
+
+def _run_small(fn, out, **kw):
+    return curax.sweep(fn, _SMALL_GRID, static=["k"], chunk_size=2, out=out, progress=False, **kw)
+
+
+def test_sweep_refuses_to_resume_with_another_fn(tmp_path):
+    first = _run_small(_small, tmp_path)
+    fresh = _run_small(_small_other, None)
+    # The two functions really differ, so reusing the old chunks would be wrong.
+    assert np.max(np.abs(fresh.values["left"] - first.values["left"])) > 1e-3
+    with pytest.raises(ValueError, match="computes something else"):
+        _run_small(_small_other, tmp_path)
+    # The refusal left the old results intact: resuming with the original fn reuses them.
+    again = _run_small(_small, tmp_path)
+    assert again.info["chunks_computed"] == 0
+    np.testing.assert_array_equal(again.values["left"], first.values["left"])
+    # overwrite=True recomputes everything, and gives what a sweep without `out` gives.
+    redone = _run_small(_small_other, tmp_path, overwrite=True)
+    assert redone.info["chunks_computed"] == redone.info["num_chunks"]
+    for name in fresh.values:
+        np.testing.assert_array_equal(redone.values[name], fresh.values[name])
+    loaded = curax.load_sweep(tmp_path)
+    np.testing.assert_array_equal(loaded.values["left"], fresh.values["left"])
+
+
+def test_sweep_fingerprint_sees_closed_over_arrays(tmp_path):
+    # Same program, other data: an array that `fn` closes over is part of its fingerprint.
+    def make(centre):
+        c = jnp.asarray(centre)
+
+        def fn(q):
+            x = curax.grid_1d(-3.0, 3.0, 30)
+            rewards = jnp.stack([curax.quadratic_reward(x, -c), curax.quadratic_reward(x, c)])
+            problem = curax.CurationProblem(rewards, jnp.stack([q, 1 - q]))
+            p = _iterate(problem.uniform(), problem, 5)
+            return jnp.sum(jnp.where(x < 0, p, 0.0))
+
+        return fn
+
+    grid = {"q": np.linspace(0.2, 0.8, 3)}
+    curax.sweep(make(1.0), grid, out=tmp_path, progress=False)
+    same = curax.sweep(make(1.0), grid, out=tmp_path, progress=False)
+    assert same.info["chunks_computed"] == 0
+    with pytest.raises(ValueError, match="computes something else"):
+        curax.sweep(make(1.5), grid, out=tmp_path, progress=False)
+    # A grid of another dtype is another sweep too.
+    with pytest.raises(ValueError, match="different sweep"):
+        curax.sweep(make(1.0), {"q": grid["q"].astype(np.float32)}, out=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong_shape"])
+def test_sweep_recomputes_damaged_chunk(tmp_path, damage):
+    first = _run_small(_small, tmp_path)
+    chunks = sorted((tmp_path / "chunks").iterdir())
+    victim = chunks[3]
+    if damage == "truncate":
+        data = victim.read_bytes()
+        victim.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        victim.write_text("not an npz file")
+    else:
+        np.savez(victim, leaf_0=np.zeros(7), leaf_1=np.zeros(7))
+    with pytest.warns(RuntimeWarning, match=victim.name):
+        again = _run_small(_small, tmp_path)
+    assert again.info["chunks_computed"] == 1
+    for name in first.values:
+        np.testing.assert_array_equal(again.values[name], first.values[name])
+    # The recomputed chunk was written back: a third run reads everything.
+    assert _run_small(_small, tmp_path).info["chunks_computed"] == 0

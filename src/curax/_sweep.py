@@ -1,10 +1,13 @@
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
 import os
 import time
+import warnings
 import weakref
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +24,8 @@ _META = "meta.json"
 # fn -> {(axes, static values, chunk size, dtypes, devices): compiled chunk function}
 _COMPILED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 _RESULTS = "results.npz"
-_FORMAT_VERSION = 1
+# 2: meta.json records fingerprints of `fn` and of the grid.
+_FORMAT_VERSION = 2
 
 
 def _jsonable(v: Any) -> Any:
@@ -131,6 +135,55 @@ def _leaf_names(tree: Any) -> list[str]:
     return [jtu.keystr(path) or "value" for path, _ in jtu.tree_flatten_with_path(tree)[0]]
 
 
+def _hash_arrays(h: Any, arrays: Sequence[Any]) -> None:
+    for a in arrays:
+        a = np.asarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+
+
+def _fn_fingerprint(f: Callable[..., Any], probe: Sequence[jax.ShapeDtypeStruct]) -> tuple:
+    """A hash of what `f` computes: its jaxpr on one grid point (the program, with the
+    values of any arrays it closes over), and its output structure. Editing `fn` so that it
+    computes something else changes the hash; renaming a variable or a comment does not."""
+    closed, out_struct = jax.make_jaxpr(f, return_shape=True)(*probe)
+    h = hashlib.sha256(str(closed.jaxpr).encode())
+    _hash_arrays(h, closed.consts)
+    return h.hexdigest()[:32], out_struct
+
+
+def _grid_fingerprint(axes: Mapping[str, Any], static: Sequence[str]) -> str:
+    """A hash of the grid: axis names and order, values and dtypes."""
+    h = hashlib.sha256()
+    for name, vals in axes.items():
+        h.update(f"{name!r}:{name in static}:".encode())
+        if name in static:
+            h.update(json.dumps(vals).encode())
+        else:
+            _hash_arrays(h, [vals])
+    return h.hexdigest()[:32]
+
+
+def _load_chunk(
+    file: str, leaves_struct: Sequence[Any], valid: int
+) -> tuple[list[np.ndarray] | None, str | None]:
+    """The arrays of one chunk file, or `(None, why)` when it is damaged (truncated, not an
+    NPZ, missing leaves, wrong shapes or dtypes)."""
+    try:
+        # Open the file here: np.load leaks its own handle when the archive is damaged.
+        with open(file, "rb") as fh, np.load(fh) as f:
+            arrays = [f[f"leaf_{j}"] for j in range(len(leaves_struct))]
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        return None, f"{type(e).__name__}: {e}"
+    for j, (a, s) in enumerate(zip(arrays, leaves_struct)):
+        if a.shape != (valid, *s.shape) or a.dtype != s.dtype:
+            return None, (
+                f"leaf {j} has shape {a.shape} and dtype {a.dtype}, expected "
+                f"{(valid, *s.shape)} and {s.dtype}"
+            )
+    return arrays, None
+
+
 def _load_meta(path: str) -> dict[str, Any] | None:
     try:
         with open(os.path.join(path, _META)) as f:
@@ -180,6 +233,13 @@ def sweep(
     resumes. The assembled results go to `out/results.npz` (one array per output leaf, named
     like `jax.tree_util.keystr`) with `out/meta.json` describing the axes.
 
+    A resume reuses chunks only from the same sweep: `meta.json` records a fingerprint of the
+    grid (names, values, dtypes, chunk size) and of `fn` (a hash of its jaxpr on one grid
+    point for each static value, including the values of arrays it closes over). If `fn` now
+    computes something else, or the grid differs, the call raises a `ValueError` (pass
+    `overwrite=True` to discard the old chunks). A chunk file that cannot be read (e.g.
+    truncated by a full disk) is named in a `RuntimeWarning` and recomputed.
+
     **Arguments:**
 
     - `fn`: called as `fn(**params)` with one value per axis: a scalar array for numeric
@@ -194,8 +254,8 @@ def sweep(
     - `out`: keyword only; directory for resumable results, or `None` to keep them in memory.
     - `devices`: keyword only; devices to shard the batch over (default `jax.devices()`).
     - `progress`: keyword only; show a progress bar (rich).
-    - `overwrite`: keyword only; discard results in `out` from a different grid instead of
-        raising.
+    - `overwrite`: keyword only; discard results in `out` from a different sweep (another
+        grid, or an `fn` that computes something else) instead of raising.
 
     **Returns:**
 
@@ -205,8 +265,17 @@ def sweep(
     !!! Example
 
         ```python
+        x = curax.grid_1d(-3.0, 3.0, 201)
+
         def limit_mass(q, sep, k):
-            x, problem = curax.two_basin_problem(201, sep, q, k=k)
+            rewards = jnp.stack(
+                [curax.quadratic_reward(x, -sep / 2), curax.quadratic_reward(x, sep / 2)]
+            )
+            # `sep` is traced, so the quadrature is sized for the widest reward spread
+            # (|x - center|^2 <= 4.5^2 nats) instead of from the rewards' values.
+            nodes = curax.nodes_for_spread(4.5**2)
+            problem = curax.CurationProblem(rewards, jnp.stack([q, 1 - q]), k,
+                                            quadrature_nodes=nodes)
             p = curax.trajectory(problem.uniform(), problem, 200)[-1]
             return {"left": jnp.sum(jnp.where(x < 0, p, 0.0)), "gap": curax.fw_gap(p, problem)}
 
@@ -256,9 +325,18 @@ def sweep(
 
         return one
 
-    # Output structure, from an abstract evaluation (no compile, no FLOPs).
+    # Output structure, from an abstract evaluation (no compile, no FLOPs). With `out`, the
+    # jaxpr of every static value also fingerprints `fn` for the resume check.
     probe = [jax.ShapeDtypeStruct((), jnp.asarray(flat[a][:1]).dtype) for a in dyn]
-    out_struct = jax.eval_shape(call(static_combos[0]), *probe)
+    fn_fingerprints: list[str] = []
+    if out is None:
+        out_struct = jax.eval_shape(call(static_combos[0]), *probe)
+    else:
+        for combo in static_combos:
+            fp, struct = _fn_fingerprint(call(combo), probe)
+            fn_fingerprints.append(fp)
+            if len(fn_fingerprints) == 1:
+                out_struct = struct
     leaves_struct, treedef = jtu.tree_flatten(out_struct)
     leaf_names = _leaf_names(out_struct)
 
@@ -270,18 +348,22 @@ def sweep(
         "leaves": leaf_names,
         "leaf_shapes": [list(s.shape) for s in leaves_struct],
         "leaf_dtypes": [str(s.dtype) for s in leaves_struct],
+        "grid_fingerprint": _grid_fingerprint(axes, st),
+        "fn_fingerprints": fn_fingerprints,
     }
     path = None if out is None else os.fspath(out)
     writer = jax.process_index() == 0
     if path is not None:
         chunk_dir = os.path.join(path, "chunks")
         old = _load_meta(path)
-        same = old is not None and all(old.get(key) == meta[key] for key in meta)
-        if old is not None and not same and not overwrite:
+        differ = [] if old is None else [key for key in meta if old.get(key) != meta[key]]
+        if differ and not overwrite:
             raise ValueError(
-                f"`out`={path!r} holds results of a different sweep (other grid, chunk size "
-                f"or outputs); pass `overwrite=True` or another directory."
+                f"`out`={path!r} holds results of a different sweep "
+                f"({_describe_difference(differ, old, meta, st)}); pass `overwrite=True` to "
+                f"discard them, or another `out`."
             )
+        same = old is not None and not differ
         if writer:
             os.makedirs(chunk_dir, exist_ok=True)
             if old is not None and not same:
@@ -293,9 +375,22 @@ def sweep(
         return os.path.join(chunk_dir, f"chunk_{si:04d}_{ci:06d}.npz")
 
     todo = np.ones((len(static_combos), num_chunks), bool)
+    loaded: dict[tuple[int, int], list[np.ndarray]] = {}
     if path is not None:
         for si, ci in itertools.product(range(len(static_combos)), range(num_chunks)):
-            todo[si, ci] = not os.path.exists(chunk_file(si, ci))
+            file = chunk_file(si, ci)
+            if not os.path.exists(file):
+                continue
+            arrays, why = _load_chunk(file, leaves_struct, min(chunk_size, batch - ci * chunk_size))
+            if arrays is None:
+                warnings.warn(
+                    f"sweep: chunk file {file!r} is damaged ({why}); recomputing it.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            loaded[si, ci] = arrays
+            todo[si, ci] = False
         if jax.process_count() > 1:
             # Every process must run the same chunks (they are collective computations).
             from jax.experimental import multihost_utils
@@ -330,8 +425,14 @@ def sweep(
             )
             for ci in range(num_chunks):
                 if not todo[si, ci]:
-                    with np.load(chunk_file(si, ci)) as f:
-                        results[si].append([f[f"leaf_{j}"] for j in range(len(leaf_names))])
+                    arrays = loaded.pop((si, ci), None)
+                    if arrays is None:
+                        # Multi-host: process 0 found this chunk on disk; read it here too.
+                        valid = min(chunk_size, batch - ci * chunk_size)
+                        arrays, why = _load_chunk(chunk_file(si, ci), leaves_struct, valid)
+                        if arrays is None:
+                            raise ValueError(f"sweep: cannot read {chunk_file(si, ci)!r}: {why}")
+                    results[si].append(arrays)
                     continue
                 lo = ci * chunk_size
                 idx = np.minimum(np.arange(lo, lo + chunk_size), batch - 1)  # pad: repeat last
@@ -377,6 +478,34 @@ def sweep(
         _write_npz(os.path.join(path, _RESULTS), leaves)
         _write_json(os.path.join(path, _META), dict(meta, complete=True, info=info))
     return SweepResult({a: axes[a] for a in names}, values, tuple(st), path, info)
+
+
+def _describe_difference(
+    differ: Sequence[str], old: Mapping[str, Any], meta: Mapping[str, Any], static: Sequence[str]
+) -> str:
+    if "fn_fingerprints" in differ and old.get("format") == meta["format"]:
+        if set(differ) <= {"fn_fingerprints"}:
+            olds, news = old["fn_fingerprints"], meta["fn_fingerprints"]
+            changed = [i for i in range(len(news)) if i >= len(olds) or olds[i] != news[i]]
+            what = "`fn` computes something else"
+            if static and len(changed) < len(news):
+                combos = list(itertools.product(*(meta["axes"][a] for a in static)))
+                where = ", ".join(str(dict(zip(static, combos[i]))) for i in changed)
+                what += f" at {where}"
+            return what
+    if old.get("format") != meta["format"]:
+        return f"written by another version of `curax.sweep` (format {old.get('format')})"
+    names = {
+        "axes": "grid values",
+        "grid_fingerprint": "grid values or dtypes",
+        "static": "static axes",
+        "chunk_size": "chunk size",
+        "leaves": "outputs",
+        "leaf_shapes": "output shapes",
+        "leaf_dtypes": "output dtypes",
+        "fn_fingerprints": "`fn` computes something else",
+    }
+    return "other " + ", ".join(dict.fromkeys(names.get(k, k) for k in differ))
 
 
 class _NoBar:
