@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from ._problem import (
+    check_concrete_distribution,
     CurationProblem,
     normalised_distribution,
     QUAD_STEP,
@@ -36,8 +37,16 @@ def _exp_cap(dtype: Any) -> float:
 def prepare_distribution(p: Array, problem: CurationProblem) -> Array:
     """Validate `p` against `problem` and put it exactly on the simplex (clip rounding-level
     negatives, renormalise): the finite-K map maps total mass c to ~c^K, so evaluating it off
-    the simplex would amplify rounding errors every round (design notes, section 7)."""
+    the simplex would amplify rounding errors every round (see the finite-K page of the docs,
+    docs/finite_k.md)."""
     return normalised_distribution(p, problem.size, "p", problem.rewards.dtype)
+
+
+def _check_p(p: Any, problem: Any) -> None:
+    # A concrete bad `p` is a ValueError before `jit`; a traced one meets the same checks as
+    # `eqx.error_if` inside it.
+    if isinstance(problem, CurationProblem):
+        check_concrete_distribution(p, problem.size, "p", problem.rewards.dtype)
 
 
 def _support_max(s: Array, p: Array) -> Array:
@@ -251,8 +260,10 @@ def _curate(p: Array, problem: CurationProblem) -> Array:
 
 
 def _curate_unchecked(p: Array, problem: CurationProblem) -> Array:
-    # Zero-mass points stay exactly zero, even where their growth factor is huge.
-    curated = jnp.where(p > 0, p * mixed_growth(p, problem), 0.0)
+    # Zero-mass points stay exactly zero, even where their growth factor is huge. (`p == 0`,
+    # not `p > 0`: a `p` that a failed check turned into NaN under EQX_ON_ERROR=nan must give
+    # NaN, not zeros.)
+    curated = jnp.where(p == 0, 0.0, p * mixed_growth(p, problem))
     if problem.reference is None:
         return curated
     rw = problem.reference_weight
@@ -283,6 +294,7 @@ class CurationMap(AbstractReplicatorMap):
         reference data), shape `(n,)`: the curated distribution is `p * G(p)`. At a stable
         fixed point without reference data, `G <= 1` everywhere with equality on the support.
         """
+        _check_p(p, args)
         return _growth(p, args)
 
     def __call__(self, p: Float[Array, " n"], args: CurationProblem) -> Float[Array, " n"]:
@@ -309,6 +321,7 @@ class CurationMap(AbstractReplicatorMap):
             p1 = curax.curate(problem.uniform(), problem)
             ```
         """
+        _check_p(p, args)
         return _curate(p, args)
 
 
@@ -353,10 +366,10 @@ def growth(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, " n"
         g = curax.growth(problem.uniform(), problem)
         ```
     """
+    _check_p(p, problem)
     return _growth(p, problem)
 
 
-@eqx.filter_jit
 def trajectory(
     p0: Float[Array, " n"], problem: CurationProblem, rounds: int
 ) -> Float[Array, "steps n"]:
@@ -378,13 +391,20 @@ def trajectory(
         ps = curax.trajectory(problem.uniform(), problem, 100)
         ```
     """
-    if not isinstance(rounds, int) or rounds < 0:
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"`rounds` must be a non-negative int, got {rounds!r}.")
-    p0 = prepare_distribution(p0, problem)
+    if isinstance(problem, CurationProblem):
+        check_concrete_distribution(p0, problem.size, "p0", problem.rewards.dtype)
+    return _trajectory(p0, problem, rounds)
+
+
+@eqx.filter_jit
+def _trajectory(p0: Array, problem: CurationProblem, rounds: int) -> Array:
+    p0 = normalised_distribution(p0, problem.size, "p0", problem.rewards.dtype)
 
     def body(p, _):
         # Rounds after the first need no validation: the map keeps p on the simplex. The
-        # finite-K map needs p renormalised (design notes, section 7).
+        # finite-K map needs p renormalised (docs/finite_k.md).
         p_next = _curate_unchecked(p / jnp.sum(p), problem)
         return p_next, p_next
 
@@ -392,17 +412,34 @@ def trajectory(
     return jnp.concatenate([p0[None], ps], axis=0)
 
 
-@eqx.filter_jit
 def expected_exp_rewards(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, " m"]:
     """`log u_i = log E_p[exp(r_i / tau)]` for each reward, computed stably.
 
-    **Returns:** `Float[Array, " m"]`, the log utilities of the K -> infinity Nash problem.
+    **Arguments:**
+
+    - `p`: `Float[Array, " n"]`, a distribution on the support.
+    - `problem`: the [`curax.CurationProblem`][].
+
+    **Returns:**
+
+    `Float[Array, " m"]`, the log utilities of the K -> infinity Nash problem.
+
+    !!! Example
+
+        ```python
+        log_u = curax.expected_exp_rewards(problem.uniform(), problem)
+        ```
     """
+    _check_p(p, problem)
+    return _expected_exp_rewards(p, problem)
+
+
+@eqx.filter_jit
+def _expected_exp_rewards(p: Array, problem: CurationProblem) -> Array:
     p = prepare_distribution(p, problem)
     return jax.nn.logsumexp(problem.scaled_rewards, b=p[None, :], axis=-1)
 
 
-@eqx.filter_jit
 def potential(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, ""]:
     """The log Nash product `Phi(p) = sum_i alpha_i log E_p[exp(r_i / tau)]`.
 
@@ -425,10 +462,15 @@ def potential(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, "
         phi = curax.potential(problem.uniform(), problem)
         ```
     """
-    return problem.weights @ expected_exp_rewards(p, problem)
+    _check_p(p, problem)
+    return _potential(p, problem)
 
 
 @eqx.filter_jit
+def _potential(p: Array, problem: CurationProblem) -> Array:
+    return problem.weights @ _expected_exp_rewards(p, problem)
+
+
 def fw_gap(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, ""]:
     """The Frank-Wolfe / KKT gap `max_x G(x) - 1` of `p`, with `G` the problem's growth
     factor (reference data ignored).
@@ -454,4 +496,10 @@ def fw_gap(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, ""]:
         gap = curax.fw_gap(problem.uniform(), problem)
         ```
     """
+    _check_p(p, problem)
+    return _fw_gap(p, problem)
+
+
+@eqx.filter_jit
+def _fw_gap(p: Array, problem: CurationProblem) -> Array:
     return jnp.max(_growth(p, problem)) - 1

@@ -9,27 +9,78 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 
-# Trapezoid rule in u = log t (design notes, section 7): node spacing and the left end of the
+# Trapezoid rule in u = log t (docs/finite_k.md): node spacing and the left end of the
 # double-exponential grid (u_min solves u - exp(-u) = log 1e-14).
 QUAD_STEP = 0.3
 QUAD_U_MIN = -3.362916422617345
 # Reward spread (in nats, after temperature) that the default node count covers when the rewards
 # are not concrete at construction (e.g. built inside `jax.grad`).
 DEFAULT_SPREAD = 64.0
+# Most quadrature nodes a problem may ask for (about 1,220 nats of scaled-reward spread). One
+# block of the finite-K map holds rewards x nodes x 128 points, so this bounds its memory to
+# ~4 MB per finite-K reward row; spreads beyond it are better served by K = infinity (the
+# curated mass then sits on the reward's maximiser to within e^-1000 anyway).
+MAX_QUADRATURE_NODES = 4096
+# Widest scaled-reward spread (nats) the finite-K map can evaluate in float32 before `exp`
+# overflows.
+FLOAT32_FINITE_K_SPREAD = 80.0
 
 
 def nodes_for_spread(spread: float) -> int:
     """Number Q of quadrature nodes that evaluate the exact finite-K map to ~1e-13 relative
     error when the scaled rewards span `spread` nats on the support of `p`:
     `Q = ceil((spread + log(spread + 32.2) - u_min) / 0.3) + 1`, e.g. 24 at 0 nats, 28 at 1,
-    59 at 10 and 194 at 50. It does not depend on K."""
+    59 at 10 and 194 at 50. It does not depend on K. [`curax.CurationProblem`][] accepts at
+    most 4096 nodes (about 1,220 nats).
+
+    !!! Example
+
+        ```python
+        curax.nodes_for_spread(10.0)  # 59
+        ```
+    """
     spread = max(float(spread), 0.0)
     return math.ceil((spread + math.log(spread + 32.2) - QUAD_U_MIN) / QUAD_STEP) + 1
 
 
+def _check_finite_k_spread(spread: float, dtype: Any, k: Any, quadrature_nodes: int | None) -> None:
+    """Refuse, at construction, finite-K problems whose scaled rewards are too wide to
+    evaluate: float32 beyond `FLOAT32_FINITE_K_SPREAD` nats, or (when the node count is not
+    given) more quadrature nodes than `MAX_QUADRATURE_NODES`."""
+    if not math.isfinite(spread):  # e.g. rewards / temperature overflowed
+        spread = math.inf
+    remedy = (
+        "use K = infinity (`k=None`), raise `temperature`, or rescale `rewards` (they enter "
+        "as `rewards / temperature`)"
+    )
+    if jnp.finfo(dtype).bits < 64 and spread > FLOAT32_FINITE_K_SPREAD:
+        raise ValueError(
+            f"`rewards / temperature` spans {spread:.4g} nats in float32, but the finite-K map "
+            f"(`k`={k!r}) overflows float32 beyond {FLOAT32_FINITE_K_SPREAD:.0f} nats: pass "
+            f"float64 `rewards`, or {remedy}."
+        )
+    if quadrature_nodes is None:
+        nodes = nodes_for_spread(spread) if math.isfinite(spread) else math.inf
+        if nodes > MAX_QUADRATURE_NODES:
+            nodes_text = f"{nodes:.3g}" if math.isfinite(nodes) else "infinitely many"
+            raise ValueError(
+                f"`rewards / temperature` spans {spread:.4g} nats, so the exact finite-K map "
+                f"(`k`={k!r}) would need {nodes_text} quadrature nodes, more than the limit of "
+                f"{MAX_QUADRATURE_NODES} (about {spread_for_nodes(MAX_QUADRATURE_NODES):.0f} "
+                f"nats): {remedy}."
+            )
+
+
 def spread_for_nodes(nodes: int) -> float:
     """The largest reward spread (nats) that `nodes` quadrature nodes cover (inverse of
-    [`curax.nodes_for_spread`][])."""
+    [`curax.nodes_for_spread`][]).
+
+    !!! Example
+
+        ```python
+        curax.spread_for_nodes(curax.nodes_for_spread(10.0))  # >= 10
+        ```
+    """
     u_max = QUAD_U_MIN + (nodes - 1) * QUAD_STEP
     lo, hi = 0.0, max(u_max, 0.0)
     if u_max < math.log(32.2):
@@ -119,12 +170,14 @@ def check_probability_vector(
     return x / jnp.sum(x)
 
 
-def _distribution_checks(p: Array, name: str) -> tuple[list[Array], list[str]]:
+def _distribution_checks(p: Any, name: str, xp: Any = jnp) -> tuple[list[Any], list[str]]:
+    # `xp` is jnp (traced checks) or np (eager checks of a concrete `p`, without dispatching
+    # jax operations).
     tol = simplex_tolerance(p.dtype)
     preds = [
-        ~jnp.all(jnp.isfinite(p)),
-        jnp.any(p < -tol),
-        jnp.abs(jnp.sum(p) - 1) > tol,
+        ~xp.all(xp.isfinite(p)),
+        xp.any(p < -tol),
+        xp.abs(xp.sum(p) - 1) > tol,
     ]
     msgs = [
         f"`{name}` contains NaN or inf.",
@@ -163,6 +216,19 @@ def check_distribution(p: ArrayLike, n: int, name: str = "p", dtype: Any = None)
     p = _distribution_shape(p, n, name, dtype)
     preds, msgs = _distribution_checks(p, name)
     return _check_branches(p, preds, msgs)
+
+
+def check_concrete_distribution(p: Any, n: int, name: str = "p", dtype: Any = None) -> None:
+    """When `p` is concrete (not traced), raise the `ValueError` that
+    [`check_distribution`][] would raise; do nothing for a traced `p`. Public entry points
+    call this before their `jit`, where the same checks become `eqx.error_if`."""
+    if not is_concrete(p):
+        return
+    p = _distribution_shape(p, n, name, dtype)
+    p_np = np.asarray(p)
+    for bad, msg in zip(*_distribution_checks(p_np, name, np)):
+        if bool(bad):
+            raise ValueError(msg)
 
 
 def normalised_distribution(p: ArrayLike, n: int, name: str = "p", dtype: Any = None) -> Array:
@@ -241,7 +307,10 @@ class CurationProblem(eqx.Module):
         Ferbach et al.'s synthetic-to-real ratio `lambda` corresponds to
         `reference_weight = 1 / (1 + lambda)`; see [`curax.reference_weight_from_ratio`][].
     - `quadrature_nodes`: static int, nodes Q of the exact finite-K map
-        (see [`curax.nodes_for_spread`][]); 0 when every reward has K = infinity.
+        (see [`curax.nodes_for_spread`][]); 0 when every reward has K = infinity. At most
+        4096 (about 1,220 nats of spread): wider finite-K problems are refused at
+        construction with a `ValueError` (use K = infinity, raise the temperature or rescale
+        the rewards); so are float32 finite-K problems spanning more than 80 nats.
     - `tilt_weights`: `Float[Array, "r n"]` or `None`, a cache of `exp(s_i - max s_i)` for
         the `r` rows with K = infinity (`s = rewards / temperature`), so that the K -> infinity
         map reads the weights twice per round and computes no exponential. Gradients flow
@@ -335,6 +404,17 @@ class CurationProblem(eqx.Module):
                 rewards / (temperature[:, None] if temperature.ndim else temperature)
             )
             spreads = np.ptp(scaled, axis=1)
+        if quadrature_nodes is not None and (
+            isinstance(quadrature_nodes, bool)
+            or not isinstance(quadrature_nodes, (int, np.integer))
+            or not 2 <= quadrature_nodes <= MAX_QUADRATURE_NODES
+        ):
+            raise ValueError(
+                f"`quadrature_nodes` must be an int in [2, {MAX_QUADRATURE_NODES}], got "
+                f"{quadrature_nodes!r}."
+            )
+        if finite and spreads is not None:
+            _check_finite_k_spread(float(np.max(spreads[finite])), dtype, k, quadrature_nodes)
         if quadrature_nodes is None:
             if not finite:
                 quadrature_nodes = 0
@@ -342,8 +422,7 @@ class CurationProblem(eqx.Module):
                 quadrature_nodes = nodes_for_spread(float(np.max(spreads[finite])))
             else:
                 quadrature_nodes = nodes_for_spread(DEFAULT_SPREAD)
-        elif not isinstance(quadrature_nodes, int) or quadrature_nodes < 2:
-            raise ValueError(f"`quadrature_nodes` must be an int >= 2, got {quadrature_nodes!r}.")
+        quadrature_nodes = int(quadrature_nodes)
 
         self.rewards = rewards
         self.weights = weights
