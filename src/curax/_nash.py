@@ -558,10 +558,17 @@ def nash_optimize(
 
         ```python
         import optax
+
+        # Falahati et al.'s Theorem 3.7: linear utilities on the mixtures of two basins.
+        x = curax.grid_1d(-3.0, 3.0, 201)
+        r = jnp.stack([-((x + 1.5) ** 2), -((x - 1.5) ** 2)])
+        p1 = jnp.where(x < 0, 1.0, 0.0) / jnp.sum(x < 0)  # basin distributions
+        p2 = jnp.where(x > 0, 1.0, 0.0) / jnp.sum(x > 0)
+        d = jnp.stack([r[0] @ p2, r[1] @ p1])  # each reward's value on the other basin
         bp = curax.BargainingProblem.from_rewards(r, jnp.array([0.3, 0.7]), utility="linear",
                                                   disagreement=d, family=jnp.stack([p1, p2]))
         sol = curax.nash_optimize(bp, optax.lbfgs())
-        sol.stats["mixture_weights"]  # (0.3, 0.7) under Theorem 3.7's assumptions
+        sol.stats["mixture_weights"]  # (0.3, 0.7): a* = q
         ```
     """
     import optax

@@ -160,6 +160,7 @@ def simulate_histogram(
     !!! Example
 
         ```python
+        x, problem = curax.two_basin_problem(n=101, k=4)
         ps = curax.simulate_histogram(jax.random.key(0), problem, 20, 4000)
         ```
     """
