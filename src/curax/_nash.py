@@ -690,7 +690,7 @@ def mixing_fixed_point(
     `min_y -(1 - rw) sum_i alpha_i log y_i - rw sum_x p_ref(x) log(1 - (E^T y)(x))`,
 
     solved here by damped Newton (O(n m^2) per step; the consistency equation is its gradient
-    `Z_i(y) = (1 - rw) alpha_i / y_i`). In the design notes' convention `eta = 1 - rw`.
+    `Z_i(y) = (1 - rw) alpha_i / y_i`). The synthetic-data fraction is `eta = 1 - rw`.
     Finite K is solved in its K -> infinity limit (`stats["infinite_k_limit"]`).
 
     **Arguments:**

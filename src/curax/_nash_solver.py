@@ -1,5 +1,5 @@
 """Exact certified weighted-Nash solve over the simplex: multilevel, fully corrective column
-generation with a primal-dual interior-point restricted master (design notes, section 6).
+generation with a primal-dual interior-point restricted master (docs/nash_solver.md).
 
 The problem is `max_q sum_i alpha_i log (E q)_i` over the simplex, `E >= 0` of shape (m, n).
 Because `sum alpha = 1`, it is equivalent to `max_{q >= 0} sum_i alpha_i log (E q)_i - sum q`
@@ -31,7 +31,7 @@ _COARSE_PASSES = 4
 
 def _stencil_offsets(ndim: int) -> list[tuple[int, ...]]:
     # Without the stencil the method creeps towards each peak one near-duplicate neighbouring
-    # column per pass (design notes, section 6, item 4).
+    # column per pass (docs/nash_solver.md, "Column generation").
     steps = (1, 2, 4, 8)
     if ndim == 0:
         return [()]

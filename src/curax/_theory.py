@@ -1,4 +1,4 @@
-"""Numerical verification of the curation-dynamics theorems (design notes, section 3).
+"""Numerical verification of the curation-dynamics theorems (docs/theory.md).
 
 Every `check_*` function takes a [`curax.CurationProblem`][], computes the hypotheses of one
 theorem from the rewards, says which of them hold, runs the dynamics and returns a

@@ -23,7 +23,7 @@ def _init(y: Array) -> _IterationState:
 def _step(solver: Any, damp: Any, fn, y, args, state: _IterationState):
     fy, aux = fn(y, args)
     # Damping keeps the iterate on the simplex (a convex combination); renormalising only
-    # removes rounding drift, which the finite-K map would amplify (design notes, section 7).
+    # removes rounding drift, which the finite-K map would amplify (docs/finite_k.md).
     new_y = to_simplex((1 - damp) * fy + damp * y)
     error = scaled_error(y, fy, solver.rtol, solver.atol, solver.norm)
     new_state = _IterationState(error, state.tracker.update(error), state.num_map_evals + 1)
