@@ -13,12 +13,14 @@ examples can stay short):
     p0 = problem.uniform()
 
 Examples of sweep results (`res`, or the directory "sweep-out") also get a small finished
-sweep: `res = curax.sweep(..., out="sweep-out")` with axes `q` and `k` and one output `left`.
+sweep (`finished_sweep` below): `res`, written to "sweep-out", with axes `q` and `k` and one
+output `left`.
 """
 
 import importlib.util
 import inspect
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import curax
 import curax.theory
+import jax.numpy as jnp
 import pytest
 
 
@@ -80,17 +83,21 @@ def _examples():
 
 _EXAMPLES = list(_examples())
 
-_SWEEP_FIXTURE = """\
-def _left(q, k):
-    xs = curax.grid_1d(-3.0, 3.0, 41)
-    rs = jnp.stack([-((xs + 1) ** 2), -((xs - 1) ** 2)])
-    pr = curax.CurationProblem(rs, jnp.stack([q, 1 - q]), k,
-                               quadrature_nodes=curax.nodes_for_spread(16.0))
-    return {"left": jnp.sum(jnp.where(xs < 0, curax.trajectory(pr.uniform(), pr, 20)[-1], 0.0))}
 
-res = curax.sweep(_left, {"q": jnp.linspace(0.1, 0.9, 3), "k": [4, None]}, static=["k"],
-                  out="sweep-out", progress=False)
-"""
+def _left(q, k):
+    x = curax.grid_1d(-3.0, 3.0, 41)
+    rewards = jnp.stack([-((x + 1) ** 2), -((x - 1) ** 2)])
+    problem = curax.CurationProblem(rewards, jnp.stack([q, 1 - q]), k)
+    p = curax.trajectory(problem.uniform(), problem, 20)[-1]
+    return {"left": jnp.sum(jnp.where(x < 0, p, 0.0))}
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """The small finished sweep that examples of sweep results start from."""
+    where = tmp_path_factory.mktemp("sweep") / "sweep-out"
+    grid = {"q": jnp.linspace(0.1, 0.9, 3), "k": [1, None]}
+    return curax.sweep(_left, grid, static=["k"], out=where, progress=False), where
 
 
 def test_examples_were_found():
@@ -103,13 +110,14 @@ def test_examples_were_found():
 
 
 @pytest.mark.parametrize("code", _EXAMPLES)
-def test_docstring_example_runs(code, tmp_path, monkeypatch):
+def test_docstring_example_runs(code, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
-    needs_sweep = ("sweep-out" in code or re.search(r"\bres\b", code)) and (
-        "curax.sweep(" not in code
-    )
-    source = _PREAMBLE + (_SWEEP_FIXTURE if needs_sweep else "") + code
-    exec(compile(source, "<docstring example>", "exec"), {"__name__": "__example__"})
+    namespace = {"__name__": "__example__"}
+    if ("sweep-out" in code or re.search(r"\bres\b", code)) and "curax.sweep(" not in code:
+        res, where = request.getfixturevalue("finished_sweep")
+        shutil.copytree(where, tmp_path / "sweep-out")
+        namespace["res"] = res
+    exec(compile(_PREAMBLE + code, "<docstring example>", "exec"), namespace)
 
 
 def test_example_preamble_is_what_the_docs_say():

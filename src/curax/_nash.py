@@ -352,8 +352,8 @@ def nash_solution(
     !!! Example
 
         ```python
-        x, problem = curax.two_basin_problem(n=1001, q=0.3)
-        sol = curax.nash_solution(problem, grid_shape=(1001,))
+        x, problem = curax.two_basin_problem(n=201, q=0.3)
+        sol = curax.nash_solution(problem, grid_shape=(201,))
         sol.stats["fw_gap"]  # <= 1e-12
         ```
     """
@@ -562,8 +562,8 @@ def nash_optimize(
         # Falahati et al.'s Theorem 3.7: linear utilities on the mixtures of two basins.
         x = curax.grid_1d(-3.0, 3.0, 201)
         r = jnp.stack([-((x + 1.5) ** 2), -((x - 1.5) ** 2)])
-        p1 = jnp.where(x < 0, 1.0, 0.0) / jnp.sum(x < 0)  # basin distributions
-        p2 = jnp.where(x > 0, 1.0, 0.0) / jnp.sum(x > 0)
+        p1, p2 = jnp.where(x < 0, 1.0, 0.0), jnp.where(x > 0, 1.0, 0.0)
+        p1, p2 = p1 / p1.sum(), p2 / p2.sum()  # the two basin distributions
         d = jnp.stack([r[0] @ p2, r[1] @ p1])  # each reward's value on the other basin
         bp = curax.BargainingProblem.from_rewards(r, jnp.array([0.3, 0.7]), utility="linear",
                                                   disagreement=d, family=jnp.stack([p1, p2]))
