@@ -163,3 +163,12 @@ def test_mkdocs_in_test_extra():
     test_extra = text.split("test = [", 1)[1].split("]", 1)[0]
     for dep in ("mkdocs", "mkdocs-material", "mkdocstrings"):
         assert f'"{dep}' in test_extra, dep
+
+
+def test_docs_tour_is_the_readme_tour():
+    # docs/index.md repeats the README's tour, which tests/test_readme.py executes: the code
+    # must stay the same for the site's claim "runs as written" to hold.
+    fence = re.compile(r"```python\n(.*?)```", re.S)
+    readme = fence.findall((_ROOT / "README.md").read_text())
+    index = fence.findall((_ROOT / "docs" / "index.md").read_text())
+    assert index and index == readme[: len(index)]

@@ -483,29 +483,28 @@ def sweep(
 def _describe_difference(
     differ: Sequence[str], old: Mapping[str, Any], meta: Mapping[str, Any], static: Sequence[str]
 ) -> str:
-    if "fn_fingerprints" in differ and old.get("format") == meta["format"]:
-        if set(differ) <= {"fn_fingerprints"}:
-            olds, news = old["fn_fingerprints"], meta["fn_fingerprints"]
-            changed = [i for i in range(len(news)) if i >= len(olds) or olds[i] != news[i]]
-            what = "`fn` computes something else"
-            if static and len(changed) < len(news):
-                combos = list(itertools.product(*(meta["axes"][a] for a in static)))
-                where = ", ".join(str(dict(zip(static, combos[i]))) for i in changed)
-                what += f" at {where}"
-            return what
+    """Say in words how the sweep in `out` (`old`) differs from this one (`meta`)."""
     if old.get("format") != meta["format"]:
         return f"written by another version of `curax.sweep` (format {old.get('format')})"
-    names = {
-        "axes": "grid values",
-        "grid_fingerprint": "grid values or dtypes",
-        "static": "static axes",
-        "chunk_size": "chunk size",
-        "leaves": "outputs",
-        "leaf_shapes": "output shapes",
-        "leaf_dtypes": "output dtypes",
-        "fn_fingerprints": "`fn` computes something else",
+    phrases = {
+        "axes": "the grid differs",
+        "grid_fingerprint": "the grid differs",
+        "static": "the static axes differ",
+        "chunk_size": "the chunk size differs",
+        "leaves": "the outputs differ",
+        "leaf_shapes": "the outputs differ",
+        "leaf_dtypes": "the outputs differ",
     }
-    return "other " + ", ".join(dict.fromkeys(names.get(k, k) for k in differ))
+    parts = [phrases[k] for k in differ if k in phrases]
+    if "fn_fingerprints" in differ:
+        what = "`fn` computes something else"
+        olds, news = old.get("fn_fingerprints") or [], meta["fn_fingerprints"]
+        changed = [i for i in range(len(news)) if i >= len(olds) or olds[i] != news[i]]
+        if static and len(olds) == len(news) and len(changed) < len(news):
+            combos = list(itertools.product(*(meta["axes"][a] for a in static)))
+            what += " at " + ", ".join(str(dict(zip(static, combos[i]))) for i in changed)
+        parts.append(what)
+    return "; ".join(dict.fromkeys(parts)) or "other settings"
 
 
 class _NoBar:
