@@ -139,3 +139,24 @@ def test_eqx_on_error_nan_gives_nan_outputs():
         [sys.executable, "-c", _NAN_SCRIPT], env=env, capture_output=True, text=True, timeout=600
     )
     assert "NAN-OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_concrete_bad_p_other_entry_points():
+    # The same promise for every public function that takes a distribution.
+    problem = curax.CurationProblem(_rewards(), k=3)
+    bad = jnp.ones(41)
+    key = jax.random.key(0)
+    solver = curax.PlainIteration(rtol=1e-6, atol=1e-6)
+    calls = {
+        "`p`": [
+            lambda: curax.sample_round(key, bad, problem, 10),
+            lambda: curax.stability(bad, problem),
+        ],
+        "`p0`": [lambda: curax.simulate_histogram(key, problem, 2, 10, p0=bad)],
+        "`y0`": [lambda: curax.fixed_point(curax.curate, solver, bad, problem)],
+        "`point`": [lambda: curax.compare(bad, problem)],
+    }
+    for name, fns in calls.items():
+        for fn in fns:
+            with pytest.raises(ValueError, match=f"{name} must sum to 1"):
+                fn()
