@@ -31,7 +31,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._maps import prepare_distribution, trajectory
-from ._problem import CurationProblem
+from ._problem import check_concrete_distribution, CurationProblem
 
 
 def _finite_ks(ks: Sequence[int | None], name: str = "problem.k") -> tuple[int, ...]:
@@ -86,7 +86,6 @@ def _kept_histogram(
     return counts / num_samples.astype(s.dtype)
 
 
-@eqx.filter_jit
 def sample_round(
     key: PRNGKeyArray, p: Float[Array, " n"], problem: CurationProblem, num_samples: int
 ) -> Float[Array, " n"]:
@@ -115,6 +114,13 @@ def sample_round(
     _finite_ks(problem.ks)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
+    # A concrete bad `p` is a ValueError here; a traced one meets eqx.error_if inside jit.
+    check_concrete_distribution(p, problem.size, "p", problem.rewards.dtype)
+    return _sample_round(key, p, problem, num_samples)
+
+
+@eqx.filter_jit
+def _sample_round(key: PRNGKeyArray, p: Array, problem: CurationProblem, num_samples: int) -> Array:
     p = prepare_distribution(p, problem)
     return _kept_histogram(key, p, problem, num_samples, jnp.array(num_samples))
 
@@ -135,7 +141,6 @@ def _histogram_run(
     return jnp.concatenate([p0[None], ps], axis=0)
 
 
-@eqx.filter_jit
 def simulate_histogram(
     key: PRNGKeyArray,
     problem: CurationProblem,
@@ -169,6 +174,15 @@ def simulate_histogram(
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
     _finite_ks(problem.ks)
+    if p0 is not None:
+        check_concrete_distribution(p0, problem.size, "p0", problem.rewards.dtype)
+    return _simulate_histogram(key, problem, rounds, num_samples, p0)
+
+
+@eqx.filter_jit
+def _simulate_histogram(
+    key: PRNGKeyArray, problem: CurationProblem, rounds: int, num_samples: int, p0: Any
+) -> Array:
     p0 = problem.uniform() if p0 is None else prepare_distribution(p0, problem)
     return _histogram_run(key, problem, rounds, num_samples, jnp.array(num_samples), p0)
 
