@@ -30,10 +30,10 @@ def test_too_many_quadrature_nodes_refused_at_construction():
         curax.CurationProblem(rewards, k=4, temperature=1e-6)
     assert "`k`=4" in str(e.value) and "rescale `rewards`" in str(e.value)
     # The limit is where the documented node count crosses it, on either side.
-    limit = curax.spread_for_nodes(4096)
-    assert curax.nodes_for_spread(limit) <= 4096 < curax.nodes_for_spread(limit + 1.0)
+    limit = curax.spread_for_nodes(8192)
+    assert curax.nodes_for_spread(limit) <= 8192 < curax.nodes_for_spread(limit + 1.0)
     ok = curax.CurationProblem(rewards, k=4, temperature=spread / (limit - 1.0))
-    assert ok.quadrature_nodes <= 4096
+    assert ok.quadrature_nodes <= 8192
     with pytest.raises(ValueError, match="quadrature nodes"):
         curax.CurationProblem(rewards, k=4, temperature=spread / (limit + 1.0))
     # A temperature so small that rewards / temperature overflows is refused the same way.

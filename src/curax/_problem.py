@@ -16,11 +16,11 @@ QUAD_U_MIN = -3.362916422617345
 # Reward spread (in nats, after temperature) that the default node count covers when the rewards
 # are not concrete at construction (e.g. built inside `jax.grad`).
 DEFAULT_SPREAD = 64.0
-# Most quadrature nodes a problem may ask for (about 1,220 nats of scaled-reward spread). One
+# Most quadrature nodes a problem may ask for (about 2,440 nats of scaled-reward spread). One
 # block of the finite-K map holds rewards x nodes x 128 points, so this bounds its memory to
-# ~4 MB per finite-K reward row; spreads beyond it are better served by K = infinity (the
-# curated mass then sits on the reward's maximiser to within e^-1000 anyway).
-MAX_QUADRATURE_NODES = 4096
+# ~8 MB per finite-K reward row. It refuses absurd requests (a temperature of 1e-6 asks for
+# ~1e8 nodes, hundreds of GB) before anything is allocated.
+MAX_QUADRATURE_NODES = 8192
 # Widest scaled-reward spread (nats) the finite-K map can evaluate in float32 before `exp`
 # overflows.
 FLOAT32_FINITE_K_SPREAD = 80.0
@@ -31,7 +31,7 @@ def nodes_for_spread(spread: float) -> int:
     error when the scaled rewards span `spread` nats on the support of `p`:
     `Q = ceil((spread + log(spread + 32.2) - u_min) / 0.3) + 1`, e.g. 24 at 0 nats, 28 at 1,
     59 at 10 and 194 at 50. It does not depend on K. [`curax.CurationProblem`][] accepts at
-    most 4096 nodes (about 1,220 nats).
+    most 8192 nodes (about 2,440 nats).
 
     !!! Example
 
@@ -308,7 +308,7 @@ class CurationProblem(eqx.Module):
         `reference_weight = 1 / (1 + lambda)`; see [`curax.reference_weight_from_ratio`][].
     - `quadrature_nodes`: static int, nodes Q of the exact finite-K map
         (see [`curax.nodes_for_spread`][]); 0 when every reward has K = infinity. At most
-        4096 (about 1,220 nats of spread): wider finite-K problems are refused at
+        8192 (about 2,440 nats of spread): wider finite-K problems are refused at
         construction with a `ValueError` (use K = infinity, raise the temperature or rescale
         the rewards); so are float32 finite-K problems spanning more than 80 nats.
     - `tilt_weights`: `Float[Array, "r n"]` or `None`, a cache of `exp(s_i - max s_i)` for
