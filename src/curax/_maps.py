@@ -346,6 +346,16 @@ class ReplicatorMap(AbstractReplicatorMap):
 
 
 curate = CurationMap()
+"""One retraining round, `curate(p, problem) -> p'`: the [`curax.CurationMap`][] instance that
+curax's solvers and examples use (see [`curax.CurationMap.__call__`][]). Its signature is
+optimistix's `fn(y, args)`, so it can be handed to any fixed-point solver.
+
+!!! Example
+
+    ```python
+    p1 = curax.curate(problem.uniform(), problem)
+    ```
+"""
 
 
 def growth(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, " n"]:
