@@ -336,3 +336,10 @@ def test_sweep_recomputes_damaged_chunk(tmp_path, damage):
         np.testing.assert_array_equal(again.values[name], first.values[name])
     # The recomputed chunk was written back: a third run reads everything.
     assert _run_small(_small, tmp_path).info["chunks_computed"] == 0
+    # A damaged assembled file is named too, and rebuilt by rerunning the sweep.
+    results = tmp_path / "results.npz"
+    results.write_bytes(results.read_bytes()[:100])
+    with pytest.raises(ValueError, match="results.npz"):
+        curax.load_sweep(tmp_path)
+    _run_small(_small, tmp_path)
+    np.testing.assert_array_equal(curax.load_sweep(tmp_path).values["left"], first.values["left"])

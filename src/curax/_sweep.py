@@ -552,8 +552,15 @@ def load_sweep(out: str | os.PathLike) -> SweepResult:
     if meta is None or not meta.get("complete", False):
         raise ValueError(f"`out`={path!r} holds no finished sweep (no complete meta.json).")
     axes = {a: (v if a in meta["static"] else np.asarray(v)) for a, v in meta["axes"].items()}
-    with np.load(os.path.join(path, _RESULTS)) as f:
-        values = {name: f[f"leaf_{j}"] for j, name in enumerate(meta["leaves"])}
+    file = os.path.join(path, _RESULTS)
+    try:
+        with open(file, "rb") as fh, np.load(fh) as f:
+            values = {name: f[f"leaf_{j}"] for j, name in enumerate(meta["leaves"])}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"cannot read {file!r} ({type(e).__name__}: {e}); rerun `curax.sweep` with the same "
+            f"arguments and `out` to rebuild it from the chunks on disk."
+        ) from e
     return SweepResult(axes, values, tuple(meta["static"]), path, meta.get("info", {}))
 
 
