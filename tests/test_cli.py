@@ -442,3 +442,24 @@ def test_cache_used_by_command_not_by_import(tmp_path):
     proc = subprocess.run(bench, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "xdg2").exists()
+
+
+@pytest.mark.slow
+def test_bench_quick_leaves_tracked_files_alone(tmp_path):
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    tracked = root / "benchmarks" / "RESULTS.md"
+    before = tracked.read_bytes(), tracked.stat().st_mtime_ns
+    out = tmp_path / "bench"
+    argv = ["--quick", "--only", "no-such-problem", "--no-throughput", "--no-sweep"]
+    cmd = [sys.executable, "-m", "curax", "bench", *argv, "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "RESULTS.md").is_file() and (out / "results.json").is_file()
+    assert (tracked.read_bytes(), tracked.stat().st_mtime_ns) == before
+    # A rerun replaces its own output; a folder with a foreign file is refused.
+    assert subprocess.run(cmd, capture_output=True, cwd=root).returncode == 0
+    (out / "mine.txt").write_text("x")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 2 and "mine.txt" in proc.stderr
