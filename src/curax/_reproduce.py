@@ -204,7 +204,7 @@ def section_leakage(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     axes[0].set_ylabel("basin-1 mass")
     # Below the panels: inside, any corner hides measured points or the interval.
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=3, fontsize=8)
     return {"rows": rows, "reports": reports, "figure": _save(fig, out, "leakage.png")}
 
 
@@ -330,13 +330,15 @@ def section_finite_k(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
         rounds=cfg.phase_rounds,
     )
     plt = _plt()
+    from matplotlib.ticker import NullLocator
+
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
     ks = np.array(study.ks, float)
     ax[0].loglog(ks, study.log_u_distance, "o-", label="max |log u_K - log u_inf|")
     ax[0].loglog(ks, np.maximum(np.abs(study.phi_gap), 1e-16), "s--", label="Phi gap")
     ax[0].set_xlabel("K")
     ax[0].set_xticks(ks, [f"{k:g}" for k in ks])
-    ax[0].minorticks_off()
+    ax[0].xaxis.set_minor_locator(NullLocator())
     ax[0].set_title(f"finite K -> K = inf (fitted rate K^{study.rate:.2f})", fontsize=9)
     ax[0].legend(fontsize=8)
     codes = {"two basins": 2, "one basin": 1, "compromise": 0}
@@ -384,13 +386,15 @@ def section_sampling(cfg: SuiteConfig, out: Path, key: Any) -> dict[str, Any]:
     m0 = sampling.GaussianMixture.init(k2, 4, 2, scale=2.0)
     results = {}
     plt = _plt()
+    from matplotlib.ticker import NullLocator
+
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.4))
     ns = np.array(study.num_samples, float)
     ax[0].loglog(ns, study.distance, "o-", label="mean L1 distance")
     ax[0].loglog(ns, study.distance[0] * (ns / ns[0]) ** -0.5, "k--", label="N^-1/2")
     ax[0].set_xlabel("N (kept samples per round)")
     ax[0].set_xticks(ns, [f"{int(v)}" for v in ns])
-    ax[0].minorticks_off()
+    ax[0].xaxis.set_minor_locator(NullLocator())
     ax[0].set_title(f"finite sample vs population (rate {study.rate:.2f})", fontsize=9)
     ax[0].legend(fontsize=8)
     for j, (q, name) in enumerate(((1.0, "one reward"), (0.3, "two rewards"))):
