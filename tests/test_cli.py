@@ -122,20 +122,51 @@ def test_solve_npy(tmp_path, capsys):
     np.save(path, r)
     out = tmp_path / "sol.json"
     assert main(["solve", str(path), "--weights", "0.3,0.7", "--out", str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "): certified;" in line
     info = json.loads(out.read_text())
-    assert info["converged"] and info["fw_gap"] < 1e-9
-    # Independent check: the certified Nash solution has the same potential.
+    assert info["certified"] and info["written_by"] == "curax solve"
+    # The certificate, recomputed here from the map: the FW gap at the written point.
     problem = curax.CurationProblem(r, np.array([0.3, 0.7]))
-    sol = curax.nash_solution(problem)
-    assert info["potential"] == pytest.approx(float(sol.stats["objective"]), abs=1e-9)
-    assert "stable point" in capsys.readouterr().out
+    p = np.array(info["p"])
+    assert abs(p.sum() - 1) < 1e-12 and p.min() >= 0
+    assert float(curax.fw_gap(p, problem)) <= 1e-10
+    # A rerun replaces its own output without --force.
+    assert main(["solve", str(path), "--weights", "0.3,0.7", "--out", str(out)]) == 0
 
 
-def test_solve_csv_finite_k(tmp_path):
-    x = np.linspace(-2, 2, 21)
+def _reference_problem(tmp_path):
+    x = np.linspace(-2, 2, 41)
+    r = np.stack([-((x + 1) ** 2), -((x - 1) ** 2)])
     path = tmp_path / "r.csv"
-    np.savetxt(path, np.stack([-((x + 1) ** 2), -((x - 1) ** 2)]), delimiter=",")
-    assert main(["solve", str(path), "--k", "4"]) == 0
+    np.savetxt(path, r, delimiter=",")
+    problem = curax.CurationProblem(r, np.array([0.3, 0.7]), None, 1.0, np.full(41, 1 / 41), 0.5)
+    return path, problem
+
+
+def test_solve_with_reference_certified(tmp_path, capsys):
+    path, problem = _reference_problem(tmp_path)
+    out = tmp_path / "sol.json"
+    argv = ["solve", str(path), "--weights", "0.3,0.7", "--reference-weight", "0.5"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "): certified;" in capsys.readouterr().out.splitlines()[0]
+    p = np.array(json.loads(out.read_text())["p"])
+    # Independent check: with real data the map is a contraction (rate about 0.71 here), so 200
+    # plain rounds from uniform land within 1e-12 of the stable point.
+    q = np.asarray(curax.trajectory(problem.uniform(), problem, 200)[-1])
+    assert np.max(np.abs(p - q)) < 1e-9
+
+
+def test_solve_not_certified(tmp_path, capsys):
+    # One Newton step of the mixing fixed point cannot reach an error bound of 1e-10.
+    path, _ = _reference_problem(tmp_path)
+    out = tmp_path / "sol.json"
+    argv = ["solve", str(path), "--weights", "0.3,0.7", "--reference-weight", "0.5"]
+    assert main([*argv, "--max-steps", "1", "--out", str(out)]) == 3
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "NOT certified: " in line and "): certified" not in line
+    info = json.loads(out.read_text())
+    assert not info["certified"] and info["stats"]["error_bound"] > 1e-10
 
 
 def test_solve_missing_file(tmp_path, capsys):

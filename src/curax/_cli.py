@@ -409,7 +409,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     from ._maps import potential
     from ._problem import CurationProblem
     from ._solution import RESULTS
-    from ._stable_point import stable_point
+    from ._stable_point import stable_point, stable_point_method
 
     try:
         problem = CurationProblem(
@@ -441,6 +441,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         "reference_weight": args.reference_weight,
         "tol": args.tol,
         "max_steps": args.max_steps,
+        "method": stable_point_method(problem),
         "certified": certified,
         "reason": reason,
         "stats": stats,
@@ -448,14 +449,22 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         "seconds": seconds,
         "top_atoms": [{"index": int(i), "mass": float(p[i])} for i in order],
     }
+    # Only the numbers that mean something for this problem (no error bound without
+    # reference data, no contraction rate either).
     numbers = "; ".join(
         f"{k} = {_fmt_stat(k, stats[k])}"
-        for k in ("fw_gap", "residual", "error_bound", "num_map_evals", "support_size")
+        for k in ("fw_gap", "residual", "error_bound", "contraction_rate", "num_map_evals")
         if k in stats
+        and math.isfinite(stats[k])
+        # With reference data the certificate is the error bound; the FW gap is no
+        # certificate there (the stable point has full support).
+        and not (k == "fw_gap" and args.reference_weight > 0)
     )
+    numbers += f"; support {int(stats.get('support_size', np.sum(p > 0)))} of {n}"
     head = "certified" if certified else f"NOT certified: {reason}"
     print(
-        f"stable point: {head}; {numbers}; Phi = {info['potential']:.12g}; n = {n}; {seconds:.2f} s"
+        f"stable point ({info['method']}): {head}; {numbers}; Phi = {info['potential']:.12g}; "
+        f"{seconds:.2f} s"
     )
     for a in info["top_atoms"]:
         if a["mass"] > 0:
