@@ -100,14 +100,17 @@ def _entry_points():
         "nash_optimize": nash_optimize,
         "stability": stability,
     }
-    stable_point = getattr(curax, "stable_point", None)  # on branches that have it
-    if stable_point is not None:
 
-        def stable(v):
-            two, _ = _problems(v)
-            return block(stable_point(two, throw=False))
+    def stable_point_inf(v):
+        two, _ = _problems(v)
+        return block(curax.stable_point(two, throw=False))
 
-        entries["stable_point"] = stable
+    def stable_point_k(v):
+        _, finite = _problems(v)
+        return block(curax.stable_point(finite, throw=False))
+
+    entries["stable_point (K = inf)"] = stable_point_inf
+    entries["stable_point (K = 4)"] = stable_point_k
     return entries
 
 
