@@ -494,3 +494,16 @@ def test_bench_quick_leaves_tracked_files_alone(tmp_path):
     (out / "mine.txt").write_text("x")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     assert proc.returncode == 2 and "mine.txt" in proc.stderr
+
+
+def test_output_dir_current_folder(tmp_path, monkeypatch):
+    # `--out .` must never rename the working directory away: files are moved in instead.
+    from curax._output import OutputDir
+
+    monkeypatch.chdir(tmp_path)
+    for text in ("first", "second"):
+        with OutputDir(".") as tmp:
+            (tmp / "a.txt").write_text(text)
+    assert (tmp_path / "a.txt").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST, "a.txt"]
+    assert sorted(p.name for p in tmp_path.parent.iterdir() if "curax" in p.name) == []

@@ -143,7 +143,9 @@ class OutputDir:
         writer: str = "curax",
         last: tuple[str, ...] = (),
     ):
-        self.path = check_output_dir(path, force=force)
+        check_output_dir(path, force=force)
+        # Absolute, so that `.` has a name and a parent to build the temporary sibling in.
+        self.path = Path(os.path.abspath(path))
         self.force = force
         self.writer = writer
         self.last = last
@@ -180,7 +182,7 @@ class OutputDir:
         with COMMIT_LOCK:
             if not (path.exists() or path.is_symlink()):
                 os.rename(tmp, path)
-            elif not foreign_entries(path):
+            elif not foreign_entries(path) and not _holds_cwd(path):
                 # Only our own previous output: swap folders (the old one disappears whole).
                 old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
                 _PENDING.add(old)
@@ -188,7 +190,8 @@ class OutputDir:
                 os.rename(tmp, path)
                 shutil.rmtree(old, ignore_errors=True)
                 _PENDING.discard(old)
-            elif self.force:
+            elif self.force or not foreign_entries(path):
+                # Foreign files to keep, or the working directory (not to be renamed away).
                 self._merge(tmp, files, manifest)
             else:  # foreign files appeared while we computed
                 check_output_dir(path, force=False)
@@ -215,6 +218,15 @@ class OutputDir:
                 pass
         os.replace(tmp / MANIFEST, path / MANIFEST)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _holds_cwd(path: Path) -> bool:
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:
+        return False
+    target = path.resolve()
+    return cwd == target or target in cwd.parents
 
 
 def is_own_file(path: Path) -> bool:
