@@ -258,6 +258,10 @@ def _install_interrupt_handler(command: str) -> None:
     wake-up pipe, and a watcher thread (which runs while the main thread is inside XLA, which
     releases the GIL) waits for any output being committed, removes temporary output, prints
     one line and leaves with `os._exit(128 + signum)`.
+
+    Installed as soon as the command starts, i.e. after Python has imported curax and JAX (1-3
+    s on a quiet machine); a signal before that gets Python's default behaviour, at a time when
+    no output exists yet.
     """
     from . import _output
 
