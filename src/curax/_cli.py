@@ -178,10 +178,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--reference-weight",
         type=_unit_float,
         default=0.0,
-        help="fraction of real data (uniform reference distribution), in [0, 1]",
+        help="fraction of real data (uniform reference distribution), in [0, 1)",
     )
     sol.add_argument(
-        "--max-steps", type=_positive_int, default=20000, help="solver step limit (default 20000)"
+        "--max-steps",
+        type=_positive_int,
+        default=256,
+        help="step limit of curax.stable_point's method (default 256, as the library)",
+    )"
     )
     sol.add_argument(
         "--tol",
