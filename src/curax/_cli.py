@@ -185,7 +185,6 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=256,
         help="step limit of curax.stable_point's method (default 256, as the library)",
-    )"
     )
     sol.add_argument(
         "--tol",
