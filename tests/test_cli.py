@@ -38,6 +38,26 @@ def test_reproduce_quick_writes_everything(quick_run):
     assert results["meta"]["all_as_expected"], results["meta"]["failures"]
     report = (out / "report.md").read_text()
     assert "| check | hypotheses | predicted | measured | verdict |" in report
+    # The leakage cases appear in one table, not twice.
+    assert report.count("Lemma 3.5 (non-collapse window, leakage interval) | all hold") == 1
+    assert report.count("| separation | q |") == 1
+    # FW gaps are >= 0 by definition: none is printed negative.
+    nash_rows = [line for line in report.splitlines() if line.startswith("| plateaus")]
+    nash_rows += [line for line in report.splitlines() if line.startswith("| smooth wells")]
+    assert nash_rows
+    for line in nash_rows:
+        gap = line.split("|")[4].strip()
+        assert not gap.startswith("-"), line
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {MANIFEST}
+
+
+def test_fw_gap_format():
+    from curax._reproduce import _fmt_gap
+
+    assert _fmt_gap(-2.2e-16) == "<= 1e-15"
+    assert _fmt_gap(-3e-13) == "<= 1e-12"
+    assert _fmt_gap(4.5e-14) == "4.50e-14"
 
 
 def test_reproduce_quick_verdicts(quick_run):
