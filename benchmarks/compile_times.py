@@ -187,16 +187,17 @@ def measure_entry(name: str, mode: str, cache: str | None) -> dict:
     return row | data | {"compile_s": data["first_s"] - data["second_s"]}
 
 
-def measure_reproduce(quick: bool, mode: str, cache: str | None) -> dict:
+def measure_reproduce(quick: bool, mode: str, cache: str | None, eqx_nan: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         argv = [sys.executable, "-m", "curax", "reproduce", "--no-progress", "--out"]
         argv += [str(Path(tmp) / "out")] + (["--quick"] if quick else [])
         if cache is None:
             argv.append("--no-cache")
-        out, wall, cpu, code = _run_child(argv, _env(cache))
+        env = _env(cache) | ({"EQX_ON_ERROR": "nan"} if eqx_nan else {})
+        out, wall, cpu, code = _run_child(argv, env)
     row = {
         "what": f"curax reproduce{' --quick' if quick else ''}",
-        "mode": mode,
+        "mode": mode + (", EQX_ON_ERROR=nan" if eqx_nan else ""),
         "process_wall_s": wall,
         "process_cpu_s": cpu,
     }
@@ -271,6 +272,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--only", default=None, help="regex on entry-point names")
     ap.add_argument("--no-reproduce", action="store_true", help="entry points only")
     ap.add_argument("--no-entries", action="store_true", help="`curax reproduce` only")
+    ap.add_argument(
+        "--eqx-nan",
+        action="store_true",
+        help="also time reproduce with EQX_ON_ERROR=nan: programs with runtime checks "
+        "(eqx.error_if, a host callback when raising) are never stored in JAX's cache",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -316,6 +323,11 @@ def main(argv: list[str] | None = None) -> dict:
                     row = measure_reproduce(quick, mode, folder)
                     report["reproduce"].append(row)
                     print(json.dumps(row), flush=True)
+                if args.eqx_nan:
+                    for mode in ("cold", "warm"):
+                        row = measure_reproduce(quick, mode, cache + "_nan", eqx_nan=True)
+                        report["reproduce"].append(row)
+                        print(json.dumps(row), flush=True)
         report["load_end"] = _load()
         (tmp / "compile_times.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "compile_times.md").write_text(markdown(report))
