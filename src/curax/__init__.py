@@ -56,6 +56,10 @@ from ._sampling import (
     simulate_mixture as simulate_mixture,
 )
 from ._sharding import device_mesh as device_mesh, shard_support as shard_support
+from ._stable_point import (
+    stable_point as stable_point,
+    stable_point_method as stable_point_method,
+)
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solver import (
     ActiveSetNewton as ActiveSetNewton,

@@ -1,0 +1,343 @@
+"""`curax.stable_point`: the certified answer to "where do the dynamics end up"."""
+
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from ._fixed_point import fixed_point
+from ._maps import curate, mixed_growth
+from ._nash import mixing_fixed_point, nash_solution
+from ._problem import check_distribution, CurationProblem, is_concrete, simplex_tolerance
+from ._solution import RESULTS, Solution, throw_if_failed
+from ._solver import ActiveSetNewton, NewtonKrylov, SQUAREM
+from ._solver._misc import to_simplex
+from ._stability import stability
+
+
+Method = Literal["nash_solution", "mixing_fixed_point", "active_set_newton", "squarem_newton"]
+
+# Steps of the accelerated dynamics that a fallback runs before handing over to a Newton
+# method, per unit of `max_steps`.
+_DYNAMICS_PER_STEP = 16
+# Arnoldi steps for the contraction-rate estimate of a finite-K map with reference data.
+_KRYLOV_DIM = 32
+
+
+def _has_reference(problem: CurationProblem) -> bool:
+    """Whether reference data is mixed in (static; a traced weight counts as present)."""
+    if problem.reference is None:
+        return False
+    rw = problem.reference_weight
+    if is_concrete(rw):
+        return bool(rw > 0)
+    return True
+
+
+def stable_point_method(problem: CurationProblem) -> Method:
+    """Which method [`curax.stable_point`][] uses for `problem` (decided from its structure
+    alone, so the same for every problem of the same shapes):
+
+    - `"nash_solution"`: every reward has K = infinity and there is no reference data. The
+        stable point is the weighted Nash bargaining solution, found by
+        [`curax.nash_solution`][] (exact column generation).
+    - `"mixing_fixed_point"`: every reward has K = infinity, with reference data
+        ([`curax.mixing_fixed_point`][], Newton on an m-dimensional convex dual).
+    - `"active_set_newton"`: some reward has finite K (a mixed population included), no
+        reference data: [`curax.ActiveSetNewton`][] through [`curax.fixed_point`][], with
+        accelerated dynamics ([`curax.SQUAREM`][]) and a second active-set solve as the
+        fallback.
+    - `"squarem_newton"`: some reward has finite K, with reference data (a full-support
+        fixed point): [`curax.SQUAREM`][] followed by [`curax.NewtonKrylov`][].
+
+    A `reference` with a concrete `reference_weight` of 0 counts as no reference data.
+
+    **Arguments:**
+
+    - `problem`: a [`curax.CurationProblem`][].
+
+    **Returns:**
+
+    One of the strings above.
+
+    !!! Example
+
+        ```python
+        x, problem = curax.two_basin_problem(n=401, k=4)
+        curax.stable_point_method(problem)  # "active_set_newton"
+        ```
+    """
+    if not isinstance(problem, CurationProblem):
+        raise ValueError(f"`problem` must be a CurationProblem, got {type(problem).__name__}.")
+    infinite = all(k is None for k in problem.ks)
+    reference = _has_reference(problem)
+    if infinite:
+        return "mixing_fixed_point" if reference else "nash_solution"
+    return "squarem_newton" if reference else "active_set_newton"
+
+
+def stable_point(
+    problem: CurationProblem,
+    p0: Float[Array, " n"] | None = None,
+    *,
+    tol: float = 1e-10,
+    max_steps: int = 256,
+    throw: bool = True,
+    grid_shape: tuple[int, ...] | None = None,
+) -> Solution:
+    """The stable point of the curation dynamics of `problem`, with a certificate.
+
+    The method is chosen from the problem's structure (see
+    [`curax.stable_point_method`][]): the exact Nash bargaining solver for K = infinity
+    without reference data, the mixing fixed point for K = infinity with reference data,
+    support identification plus Newton ([`curax.ActiveSetNewton`][]) for finite K and mixed
+    populations, and accelerated dynamics plus Newton-Krylov for finite K with reference
+    data. A method that does not certify its point is followed by a fallback (accelerated
+    dynamics, then a second Newton solve from where they stopped).
+
+    `result` is `RESULTS.successful` **only with a certificate**, computed here from the map
+    itself at the returned point:
+
+    - without reference data: the Frank-Wolfe / KKT gap `max_x G(x) - 1 <= tol` over *all*
+        points `x` (`G` the growth factor, [`curax.growth`][]). Since `E_p[G] = 1`, this says
+        `G = 1` on the support up to `tol` and `G <= 1 + tol` off it: mass put anywhere does
+        not grow, so the point is stable against invasion, not merely a vertex or face
+        optimum (those are fixed points too).
+    - with reference data: an error bound `error_bound <= tol` on `max |p - p*|` from the
+        residual and the contraction rate `rho` of the map at `p`,
+        `error_bound = residual_w / (1 - rho)`. For K = infinity the Jacobian of the mixing
+        map is similar to a symmetric matrix with spectrum in `[0, rho]`,
+        `rho = max_x (1 - reference_weight) G(x) < 1`, so `rho` is exact and the bound
+        (in the `p^{-1/2}`-weighted norm, converted to max-norm:
+        `residual_w = sqrt(max p * sum r^2 / p)`) holds to first order in the residual. For
+        finite K, `rho` is the Arnoldi estimate of the spectral radius
+        ([`curax.stability`][]) and `residual_w` the max-norm residual: an estimate.
+
+    Otherwise `result` is `certificate_failed`, `stalled` or `nonlinear_max_steps_reached`
+    (or the failing method's own code), with the numbers in `stats`.
+
+    **Arguments:**
+
+    - `problem`: a [`curax.CurationProblem`][].
+    - `p0`: `Float[Array, " n"]` or `None`: where the finite-K methods start (default
+        uniform; a full-support start). K = infinity answers do not depend on it: the
+        stable point's utilities `u* = E p*` are unique (`p*` itself is unique up to
+        duplicate support points).
+    - `tol`: keyword only, the certified FW gap (no reference data) or error bound (with
+        reference data). Default 1e-10.
+    - `max_steps`: keyword only, the step limit of the chosen method: passes over the
+        rewards (`nash_solution`), Newton steps (`mixing_fixed_point`), active-set passes
+        (`ActiveSetNewton`) or Newton-Krylov steps; the fallback dynamics run at most
+        `16 * max_steps` steps. Default 256.
+    - `throw`: keyword only, raise if no certificate holds (inside `jit` this follows
+        equinox's `EQX_ON_ERROR`).
+    - `grid_shape`: keyword only, the support as a grid (e.g. `(n,)`), handed to
+        [`curax.nash_solution`][] (stencil and multilevel solve); `None` treats the points
+        as unordered columns there.
+
+    **Returns:**
+
+    A [`curax.Solution`][]: `value` the stable point `p` (n,), `result`, and `stats` (all
+    arrays): `fw_gap` (`max G - 1`; reported with reference data too, where it is no
+    certificate), `residual` (`max |f(p) - p|`), `error_bound` (`inf` without reference
+    data), `contraction_rate` (`rho`, `nan` without reference data), `num_map_evals`
+    (evaluations of the map or passes over the rewards, certificate included),
+    `support_size` (points with positive mass), `num_steps`, `max_steps` and
+    `fallback_used` (whether the first method did not certify and the fallback ran).
+
+    This function is `jit`- and `vmap`-able (e.g. `jax.vmap` over weights or rewards of
+    problems with the same shapes); the method is static.
+
+    !!! Example
+
+        ```python
+        x, problem = curax.two_basin_problem(n=401, separation=3.0, q=0.3, k=4)
+        sol = curax.stable_point(problem)
+        sol.result == curax.RESULTS.successful, sol.stats["fw_gap"]
+        curax.stable_point_method(problem)  # "active_set_newton"
+        ```
+    """
+    method = stable_point_method(problem)
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"`tol` must be a positive float, got {tol!r}.")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    n = problem.size
+    dtype = problem.rewards.dtype
+    if p0 is None:
+        p0 = problem.uniform()
+    else:
+        p0 = check_distribution(p0, n, "p0", dtype)
+    if grid_shape is not None:
+        grid_shape = tuple(int(g) for g in grid_shape)
+    return _stable_point(
+        problem,
+        p0,
+        method=method,
+        tol=float(tol),
+        max_steps=max_steps,
+        throw=throw,
+        grid_shape=grid_shape,
+    )
+
+
+def _no_reference_certificate(p: Array, problem: CurationProblem) -> dict[str, Array]:
+    g = mixed_growth(p, problem)
+    return {
+        "fw_gap": jnp.max(g) - 1,
+        "residual": jnp.max(jnp.abs(jnp.where(p > 0, p * g, 0.0) - p)),
+        "error_bound": jnp.array(jnp.inf, p.dtype),
+        "contraction_rate": jnp.array(jnp.nan, p.dtype),
+    }
+
+
+def _mixing_certificate(p: Array, problem: CurationProblem, rho: Array | None) -> dict[str, Array]:
+    """Residual and contraction-rate error bound of the reference-mixing map at `p`."""
+    g = mixed_growth(p, problem)
+    rw = problem.reference_weight
+    fp = rw * problem.reference + (1 - rw) * jnp.where(p > 0, p * g, 0.0)
+    r = fp - p
+    residual = jnp.max(jnp.abs(r))
+    if rho is None:
+        # K = infinity: J = (1 - rw)(diag G - diag(p) M) with M positive semi-definite, similar
+        # (by p^{1/2}) to a symmetric matrix whose spectrum lies in [0, max (1 - rw) G]; in the
+        # p^{-1/2}-weighted 2-norm it is a contraction with that factor.
+        rho = jnp.max((1 - rw) * g)
+        pos = p > 0
+        weighted = jnp.sqrt(
+            jnp.max(p) * jnp.sum(jnp.where(pos, r**2 / jnp.where(pos, p, 1.0), 0.0))
+        )
+        # A residual where p = 0 (cannot happen at a fixed point with p_ref > 0 there) is not
+        # covered by the weighted norm: fall back to the max-norm residual then.
+        weighted = jnp.where(jnp.all(pos | (r == 0)), weighted, residual)
+    else:
+        weighted = residual
+    bound = jnp.where(rho < 1, weighted / (1 - jnp.minimum(rho, 1.0 - 1e-300)), jnp.inf)
+    return {
+        "fw_gap": jnp.max(g) - 1,
+        "residual": residual,
+        "error_bound": bound,
+        "contraction_rate": rho,
+    }
+
+
+def _certify(p: Array, problem: CurationProblem, method: Method, tol: float) -> tuple:
+    if method in ("nash_solution", "active_set_newton"):
+        cert = _no_reference_certificate(p, problem)
+        ok = cert["fw_gap"] <= tol
+    elif method == "mixing_fixed_point":
+        cert = _mixing_certificate(p, problem, None)
+        ok = cert["error_bound"] <= tol
+    else:
+        rho = stability(p, problem, krylov_dim=min(_KRYLOV_DIM, problem.size)).radius
+        cert = _mixing_certificate(p, problem, rho)
+        ok = cert["error_bound"] <= tol
+    tol_simplex = simplex_tolerance(p.dtype)
+    on_simplex = (jnp.min(p) >= -tol_simplex) & (jnp.abs(jnp.sum(p) - 1) <= tol_simplex)
+    finite = jnp.all(jnp.isfinite(p)) & jnp.isfinite(cert["residual"])
+    # `ok` is False for a NaN certificate.
+    return cert, ok & finite & on_simplex, finite
+
+
+def _fallback_result(first: RESULTS, ok: Array, finite: Array) -> RESULTS:
+    """Without a certificate: keep the method's own failure code, or `certificate_failed`
+    where it claimed success."""
+    failed = RESULTS.where(
+        first == RESULTS.successful, RESULTS.certificate_failed, first
+    )
+    failed = RESULTS.where(finite, failed, RESULTS.nonfinite)
+    return RESULTS.where(ok, RESULTS.successful, failed)
+
+
+def _active_set_solver(tol: float) -> ActiveSetNewton:
+    return ActiveSetNewton(rtol=0.5 * tol, atol=0.5 * tol)
+
+
+def _finite_k(problem, p0, tol, max_steps, reference: bool):
+    """Finite K: the Newton method, and if it does not certify, accelerated dynamics and a
+    second Newton solve from where they stopped."""
+    if reference:
+        first_solver: Any = NewtonKrylov(rtol=0.5 * tol, atol=0.5 * tol)
+    else:
+        first_solver = _active_set_solver(tol)
+    sol1 = fixed_point(curate, first_solver, p0, problem, max_steps=max_steps, throw=False)
+    p1 = to_simplex(lax.stop_gradient(sol1.value))
+    evals1 = sol1.stats["num_map_evals"]
+
+    def fallback(_):
+        dyn = fixed_point(
+            curate,
+            SQUAREM(rtol=tol, atol=tol),
+            p0,
+            problem,
+            max_steps=_DYNAMICS_PER_STEP * max_steps,
+            throw=False,
+        )
+        start = to_simplex(dyn.value)
+        if reference:
+            second: Any = NewtonKrylov(rtol=0.5 * tol, atol=0.5 * tol)
+        else:
+            second = _active_set_solver(tol)
+        sol2 = fixed_point(curate, second, start, problem, max_steps=max_steps, throw=False)
+        p2 = to_simplex(lax.stop_gradient(sol2.value))
+        evals = dyn.stats["num_map_evals"] + sol2.stats["num_map_evals"]
+        return p2, sol2.result, evals, sol2.stats["num_steps"]
+
+    def keep(_):
+        return p1, sol1.result, jnp.zeros_like(evals1), jnp.zeros_like(sol1.stats["num_steps"])
+
+    return sol1, p1, fallback, keep
+
+
+@eqx.filter_jit
+def _stable_point(
+    problem: CurationProblem,
+    p0: Array,
+    *,
+    method: Method,
+    tol: float,
+    max_steps: int,
+    throw: bool,
+    grid_shape: tuple[int, ...] | None,
+) -> Solution:
+    fallback_used = jnp.array(False)
+    if method == "nash_solution":
+        sol = nash_solution(
+            problem, grid_shape=grid_shape, tol=tol, max_passes=max_steps, throw=False
+        )
+        p = to_simplex(sol.value)
+        first = sol.result
+        evals = sol.stats["num_passes"]
+        steps = sol.stats["num_steps"]
+    elif method == "mixing_fixed_point":
+        sol = mixing_fixed_point(problem, tol=0.1 * tol, max_steps=max_steps, throw=False)
+        p = to_simplex(sol.value)
+        first = sol.result
+        evals = sol.stats["num_map_evals"]
+        steps = sol.stats["num_steps"]
+    else:
+        reference = method == "squarem_newton"
+        sol1, p1, fallback, keep = _finite_k(problem, p0, tol, max_steps, reference)
+        _, ok1, _ = _certify(p1, problem, method, tol)
+        p, first, evals2, steps2 = lax.cond(ok1, keep, fallback, None)
+        evals = sol1.stats["num_map_evals"] + evals2
+        steps = sol1.stats["num_steps"] + steps2
+        fallback_used = ~ok1
+    cert, ok, finite = _certify(p, problem, method, tol)
+    result = _fallback_result(first, ok, finite)
+    stats = {
+        **cert,
+        # + the certificate's own evaluation of the map
+        "num_map_evals": jnp.asarray(evals) + 1,
+        "support_size": jnp.sum(p > 0),
+        "num_steps": jnp.asarray(steps),
+        "max_steps": jnp.array(max_steps),
+        "fallback_used": fallback_used,
+    }
+    stats = {k: jnp.asarray(v) for k, v in stats.items()}
+    out = Solution(value=p, result=result, aux=None, stats=stats, state=None)
+    return throw_if_failed(out, throw)
+

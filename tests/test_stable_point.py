@@ -1,0 +1,204 @@
+"""`curax.stable_point`: every certificate is re-checked here by independent code (numpy
+growth factors, exact multinomial sums over the atoms, a closed form, long iteration)."""
+
+import itertools
+import math
+
+import curax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+def _exp_rewards(problem):
+    s = np.asarray(problem.scaled_rewards, np.float64)
+    return np.exp(s - s.max(axis=1, keepdims=True))
+
+
+def _numpy_growth_inf(p, problem):
+    """K = infinity growth factor sum_i a_i w_i / E_p[w_i], in numpy."""
+    w = _exp_rewards(problem)
+    return (np.asarray(problem.weights) / (w @ np.asarray(p))) @ w
+
+
+def _multinomial_growth(p, problem):
+    """Exact finite-K growth factor at every point when `p` has few atoms: the K - 1 other
+    candidates are a multiset of atoms, enumerated with their multinomial probabilities;
+    H_i(x) = E[K w_i(x) / (w_i(x) + sum_j w_i(y_j))]. Independent of the Laplace quadrature."""
+    p = np.asarray(p, np.float64)
+    atoms = np.nonzero(p)[0]
+    pa = p[atoms] / p[atoms].sum()
+    w = _exp_rewards(problem)
+    g = np.zeros(p.shape[0])
+    for a_i, w_i, k in zip(np.asarray(problem.weights), w, problem.ks):
+        if k is None:
+            g += a_i * w_i / (w_i[atoms] @ pa)
+            continue
+        h = np.zeros(p.shape[0])
+        for combo in itertools.combinations_with_replacement(range(len(atoms)), k - 1):
+            counts = np.bincount(np.asarray(combo, int), minlength=len(atoms))
+            log_prob = math.lgamma(k) - sum(math.lgamma(c + 1) for c in counts)
+            log_prob += float(np.sum(counts * np.log(pa)))
+            rest = float(counts @ w_i[atoms])
+            h += math.exp(log_prob) * k * w_i / (w_i + rest)
+        g += a_i * h
+    return g
+
+
+# ------------------------------------------------------------------------------------------
+# Dispatch.
+# ------------------------------------------------------------------------------------------
+
+
+def test_method_dispatch():
+    _, inf = curax.two_basin_problem(n=41)
+    _, inf_ref = curax.two_basin_problem(n=41, reference_weight=0.2)
+    _, fin = curax.two_basin_problem(n=41, k=3)
+    _, fin_ref = curax.two_basin_problem(n=41, k=3, reference_weight=0.2)
+    mixed = curax.CurationProblem(inf.rewards, inf.weights, k=(None, 4))
+    zero_ref = curax.CurationProblem(
+        inf.rewards, inf.weights, reference=inf.uniform(), reference_weight=0.0
+    )
+    assert curax.stable_point_method(inf) == "nash_solution"
+    assert curax.stable_point_method(zero_ref) == "nash_solution"
+    assert curax.stable_point_method(inf_ref) == "mixing_fixed_point"
+    assert curax.stable_point_method(fin) == "active_set_newton"
+    assert curax.stable_point_method(mixed) == "active_set_newton"
+    assert curax.stable_point_method(fin_ref) == "squarem_newton"
+    # (Under the test suite's runtime type checking a wrong type is a TypeError first.)
+    with pytest.raises((ValueError, TypeError), match="problem"):
+        curax.stable_point_method(inf.rewards)
+
+
+def test_bad_arguments():
+    _, problem = curax.two_basin_problem(n=41, k=3)
+    with pytest.raises(ValueError, match="p0"):
+        curax.stable_point(problem, jnp.ones(40) / 40)
+    with pytest.raises(ValueError, match="p0"):
+        curax.stable_point(problem, -jnp.ones(41) / 41)
+    with pytest.raises(ValueError, match="tol"):
+        curax.stable_point(problem, tol=float("nan"))
+    with pytest.raises(ValueError, match="tol"):
+        curax.stable_point(problem, tol=0.0)
+    with pytest.raises(ValueError, match="max_steps"):
+        curax.stable_point(problem, max_steps=0)
+
+
+# ------------------------------------------------------------------------------------------
+# K = infinity.
+# ------------------------------------------------------------------------------------------
+
+
+_STATS = ("fw_gap", "residual", "error_bound", "num_map_evals", "support_size", "num_steps")
+
+
+@pytest.mark.parametrize("q", [0.2, 0.5])
+def test_infinite_k_certificate(q):
+    x, problem = curax.two_basin_problem(n=801, separation=3.0, q=q, curvature=1.0)
+    sol = curax.stable_point(problem, tol=1e-11)
+    assert sol.result == curax.RESULTS.successful
+    for key in _STATS + ("max_steps",):
+        assert isinstance(sol.stats[key], jax.Array)
+    p = np.asarray(sol.value)
+    g = _numpy_growth_inf(p, problem)
+    assert g.max() - 1 <= 1e-11
+    assert abs(g.max() - 1 - float(sol.stats["fw_gap"])) <= 1e-13
+    assert np.isinf(float(sol.stats["error_bound"]))
+    # The dynamics from the uniform start agree in the potential (u* is unique).
+    ps = curax.trajectory(problem.uniform(), problem, 4000)
+    phi_dyn = float(curax.potential(ps[-1], problem))
+    phi = float(curax.potential(sol.value, problem))
+    assert phi >= phi_dyn - 1e-12
+    assert phi - phi_dyn <= float(curax.fw_gap(ps[-1], problem)) + 1e-12
+
+
+def test_infinite_k_ignores_p0():
+    _, problem = curax.two_basin_problem(n=201, q=0.3)
+    a = curax.stable_point(problem)
+    p0 = jnp.asarray(np.random.default_rng(0).dirichlet(np.ones(201)))
+    b = curax.stable_point(problem, p0)
+    assert float(curax.potential(a.value, problem)) == float(curax.potential(b.value, problem))
+
+
+def test_infinite_k_with_reference_against_dynamics():
+    _, problem = curax.two_basin_problem(n=201, q=0.3, reference_weight=0.3, curvature=1.0)
+    sol = curax.stable_point(problem)
+    assert sol.result == curax.RESULTS.successful
+    rho = float(sol.stats["contraction_rate"])
+    assert 0 < rho < 1
+    # The map is a contraction: long plain iteration from the uniform start converges.
+    ps = curax.trajectory(problem.uniform(), problem, 4000)
+    err = float(jnp.max(jnp.abs(ps[-1] - sol.value)))
+    assert err <= 1e-13
+    assert float(sol.stats["error_bound"]) <= 1e-10
+    assert float(sol.stats["residual"]) <= 1e-14
+
+
+# ------------------------------------------------------------------------------------------
+# Finite K.
+# ------------------------------------------------------------------------------------------
+
+
+def test_finite_k_certificate_by_enumeration():
+    x, problem = curax.two_basin_problem(n=201, separation=3.0, q=0.3, k=4, curvature=1.0)
+    sol = curax.stable_point(problem)
+    assert sol.result == curax.RESULTS.successful
+    p = np.asarray(sol.value)
+    assert int(sol.stats["support_size"]) == np.count_nonzero(p)
+    assert np.count_nonzero(p) <= 8
+    g = _multinomial_growth(p, problem)
+    # G <= 1 everywhere (stable against invasion), G = 1 on the support, sum p G = 1.
+    assert g.max() - 1 <= 1e-10
+    np.testing.assert_allclose(g[p > 0], 1.0, atol=1e-10)
+    assert float(sol.stats["residual"]) <= 1e-10
+    np.testing.assert_allclose(p * g, p, atol=1e-10)
+
+
+def test_finite_k_with_reference_against_iteration():
+    _, problem = curax.two_basin_problem(n=101, q=0.3, k=3, reference_weight=0.3)
+    sol = curax.stable_point(problem)
+    assert sol.result == curax.RESULTS.successful
+    ps = curax.trajectory(sol.value * 0.5 + 0.5 * problem.uniform(), problem, 2000)
+    err = float(jnp.max(jnp.abs(ps[-1] - sol.value)))
+    assert err <= max(float(sol.stats["error_bound"]), 1e-14)
+
+
+def test_failure_is_reported():
+    _, problem = curax.two_basin_problem(n=201, q=0.3)
+    # A gap below what float64 can certify: never successful, and the numbers say why.
+    sol = curax.stable_point(problem, tol=1e-30, max_steps=2, throw=False)
+    assert sol.result != curax.RESULTS.successful
+    assert float(sol.stats["fw_gap"]) > 1e-30
+    with pytest.raises(Exception, match="certificate|steps"):
+        curax.stable_point(problem, tol=1e-30, max_steps=2)
+    _, problem = curax.two_basin_problem(n=201, q=0.3, reference_weight=0.01)
+    sol = curax.stable_point(problem, tol=1e-30, throw=False)
+    assert sol.result != curax.RESULTS.successful
+    assert float(sol.stats["error_bound"]) > 1e-30
+
+
+# ------------------------------------------------------------------------------------------
+# jit / vmap.
+# ------------------------------------------------------------------------------------------
+
+
+def test_vmap_over_weights():
+    x, base = curax.two_basin_problem(n=201, separation=3.0, curvature=1.0)
+    qs = jnp.array([0.2, 0.35, 0.5])
+
+    def solve(q):
+        problem = curax.CurationProblem(base.rewards, jnp.stack([q, 1 - q]))
+        sol = curax.stable_point(problem, throw=False)
+        return sol.value, sol.result._value, sol.stats["fw_gap"]
+
+    ps, codes, gaps = eqx.filter_jit(jax.vmap(solve))(qs)
+    for q, p, code, gap in zip(qs, ps, codes, gaps):
+        problem = curax.CurationProblem(base.rewards, jnp.stack([q, 1 - q]))
+        assert int(code) == curax.RESULTS.successful._value
+        assert _numpy_growth_inf(p, problem).max() - 1 <= 1e-10
+        one = curax.stable_point(problem)
+        assert float(curax.potential(p, problem)) == pytest.approx(
+            float(curax.potential(one.value, problem)), abs=1e-13
+        )
