@@ -277,8 +277,10 @@ class Limit:
     - `fw_gap`: `max G - 1` at `p` (the Frank-Wolfe/KKT gap; `<= tol` certifies a stable
         point without reference data).
     - `residual`: `max |f(p) - p|`.
-    - `error_bound`: with reference data, an L1 bound on the distance to the fixed point
-        (`inf` when none is known).
+    - `error_bound`: with reference data, a bound on the distance to the fixed point: the
+        stable point's `stats["error_bound"]` (max norm), or for the dynamics the Banach
+        bound `||f(p) - p||_1 / (1 - L)` (L1, `L` = [`curax.theory.contraction_bound`][]);
+        `inf` when none is known.
     - `tol`: the certificate's tolerance.
     """
 
@@ -303,38 +305,9 @@ class Limit:
 
 
 def _solve_stable_point(problem: CurationProblem, p0: Array, tol: float, max_steps: int):
-    try:
-        from ._stable_point import stable_point
-    except ImportError:  # TEMPORARY until `curax.stable_point` (branch activeset) is merged.
-        return _interim_stable_point(problem, p0, tol, max_steps)
+    from ._stable_point import stable_point
+
     return stable_point(problem, p0, tol=tol, max_steps=max_steps, throw=False)
-
-
-def _interim_stable_point(problem: CurationProblem, p0: Array, tol: float, max_steps: int):
-    from ._fixed_point import fixed_point
-    from ._nash import mixing_fixed_point, nash_solution
-    from ._solution import RESULTS, Solution
-    from ._solver import ActiveSetNewton
-
-    if _all_k_inf(problem) and _no_reference(problem):
-        sol = nash_solution(problem, throw=False)
-    elif _all_k_inf(problem):
-        sol = mixing_fixed_point(problem, throw=False)
-    else:
-        from ._solver import SQUAREM
-
-        solver = (
-            ActiveSetNewton(rtol=tol, atol=tol)
-            if _no_reference(problem)
-            else SQUAREM(rtol=1e-13, atol=1e-13)
-        )
-        sol = fixed_point(curate, solver, p0, problem, max_steps=max_steps, throw=False)
-    g, _, bound = _certificate(problem, sol.value)
-    ok = (sol.result == RESULTS.successful) & (
-        (g <= tol) if _no_reference(problem) else (bound <= tol)
-    )
-    result = RESULTS.where(ok, RESULTS.successful, RESULTS.nonlinear_divergence)
-    return Solution(value=sol.value, result=result, aux=None, stats={}, state=None)
 
 
 def _certificate(problem: CurationProblem, p: Array) -> tuple[float, float, float]:
