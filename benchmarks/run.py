@@ -10,8 +10,10 @@ Frank-Wolfe / KKT gap `curax.fw_gap` (K = infinity and finite K) or the fixed-po
 (with real data), and the potential `curax.potential`. A time is reported only for a run whose
 certified answer meets the target; every other run is recorded with its failure.
 
-Writes to `--out` (default `benchmarks/results/`): `results.json`, `curves_*.png`,
-`throughput.json`, and (with `--markdown`, default on) `benchmarks/RESULTS.md`.
+Writes to `--out` (default `benchmarks/results/`, git-ignored): `results.json`,
+`curves_*.png` and `RESULTS.md`, atomically (a temporary folder renamed at the end, with a
+manifest; a folder holding files curax did not write is refused unless `--force`). The
+committed `benchmarks/RESULTS.md` and `benchmarks/figures/` change only with `--update-tables`.
 """
 
 import os
@@ -1024,13 +1026,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--memory-n", type=int, default=10_000_000)
-    ap.add_argument("--markdown", default=os.path.join(HERE, "RESULTS.md"), help="'' to skip")
     ap.add_argument(
-        "--figures",
-        default=None,
-        help="where the convergence-curve PNGs go (default: --out; the committed RESULTS.md "
-        "uses benchmarks/figures)",
+        "--update-tables",
+        action="store_true",
+        help="also rewrite the committed benchmarks/RESULTS.md and benchmarks/figures/",
     )
+    ap.add_argument("--force", action="store_true", help="write into a folder holding other files")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--memory-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -1043,10 +1044,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.max_n = 10_000 if args.quick else 1_000_000
     if args.curve_points is None:
         args.curve_points = 4 if args.quick else 6
-    if args.figures is None:
-        args.figures = args.out
-    os.makedirs(args.out, exist_ok=True)
-    os.makedirs(args.figures, exist_ok=True)
+    from curax._output import OutputDir, OutputError
+
+    try:
+        outdir = OutputDir(
+            args.out, force=args.force, writer="benchmarks/run.py", last=("results.json",)
+        )
+    except OutputError as e:
+        print(f"run.py: error: --out: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    with outdir as tmp:
+        return _run(args, str(tmp))
+
+
+def _run(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
+    """The suite, writing into `tmp` (renamed to `args.out` at the end)."""
+    from curax._output import write_file_atomic
+
+    # The committed table links to benchmarks/figures; a plain run keeps everything in --out.
+    figures = os.path.join(HERE, "figures") if args.update_tables else tmp
+    os.makedirs(figures, exist_ok=True)
     start = time.perf_counter()
     device = jax.devices()[0]
     env = {
@@ -1100,10 +1117,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for case in cases:
         if case.name in curves:
             fname = "curves_" + re.sub(r"[^A-Za-z0-9]+", "_", case.name).strip("_") + ".png"
-            path = os.path.join(args.figures, fname)
+            path = os.path.join(figures, fname)
             plot_curves(case, curves[case.name], records, label, path, target(case, args))
-            md_dir = os.path.dirname(os.path.abspath(args.markdown)) if args.markdown else HERE
-            curve_files[case.name] = os.path.relpath(path, md_dir)
+            curve_files[case.name] = os.path.relpath(path, HERE if args.update_tables else tmp)
 
     tp = None
     if not args.no_throughput:
@@ -1142,11 +1158,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "memory": mem,
         "total_s": time.perf_counter() - start,
     }
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    table = markdown(report)
+    with open(os.path.join(tmp, "RESULTS.md"), "w") as f:
+        f.write(table)
+    with open(os.path.join(tmp, "results.json"), "w") as f:
         json.dump(report, f, indent=1, default=float)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(report))
+    if args.update_tables:
+        write_file_atomic(os.path.join(HERE, "RESULTS.md"), table)
     print(f"\nDone in {report['total_s']:.0f} s; results in {args.out}")
     return report
 
@@ -1210,4 +1228,7 @@ def fails_safely(case: Case, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    from curax._cli import _install_interrupt_handler
+
+    _install_interrupt_handler("bench")
     main()

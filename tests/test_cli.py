@@ -6,6 +6,7 @@ import curax
 import numpy as np
 import pytest
 from curax._cli import main
+from curax._output import MANIFEST
 
 
 @pytest.fixture(scope="module")
@@ -114,19 +115,6 @@ def test_missing_command(capsys):
     assert main([]) == 2
 
 
-def test_unwritable_folder(tmp_path, capsys):
-    blocker = tmp_path / "file"
-    blocker.write_text("not a folder")
-    assert main(["reproduce", "--out", str(blocker / "sub"), "--quick", "--no-progress"]) == 1
-    assert "cannot write" in _one_line_error(capsys)
-
-
-def test_unknown_section(tmp_path, capsys):
-    code = main(["reproduce", "--out", str(tmp_path), "--sections", "collapse,nope"])
-    assert code == 1
-    assert "nope" in _one_line_error(capsys)
-
-
 def test_solve_npy(tmp_path, capsys):
     x = np.linspace(-2, 2, 41)
     r = np.stack([-((x + 1) ** 2), -((x - 1) ** 2)])
@@ -150,24 +138,8 @@ def test_solve_csv_finite_k(tmp_path):
     assert main(["solve", str(path), "--k", "4"]) == 0
 
 
-@pytest.mark.parametrize(
-    "content,suffix,args",
-    [
-        ("a,b,c\n1,2,x\n", ".csv", []),
-        ("garbage", ".npy", []),
-        ("1,2,3\n", ".csv", ["--weights", "0.5,0.5"]),
-        ("1,2,3\n", ".csv", ["--k", "zero"]),
-    ],
-)
-def test_solve_bad_input(tmp_path, capsys, content, suffix, args):
-    path = tmp_path / f"bad{suffix}"
-    path.write_text(content)
-    assert main(["solve", str(path), *args]) == 1
-    _one_line_error(capsys)
-
-
 def test_solve_missing_file(tmp_path, capsys):
-    assert main(["solve", str(tmp_path / "nope.npy")]) == 1
+    assert main(["solve", str(tmp_path / "nope.npy")]) == 2
     assert "does not exist" in _one_line_error(capsys)
 
 
@@ -185,15 +157,309 @@ def test_python_dash_m_help():
     assert proc.returncode == 0 and "--quick" in proc.stdout
 
 
-def test_bench_forwards_unknown_options(monkeypatch):
-    calls = []
+# --- Options are validated before any computation ---------------------------------------------
 
-    def fake_call(cmd):
-        calls.append(cmd)
-        return 0
 
-    monkeypatch.setattr(subprocess, "call", fake_call)
-    assert main(["bench", "--quick", "--only", "random"]) == 0
-    if calls:  # benchmarks/run.py was found: it gets the options
-        assert calls[0][-3:] == ["--quick", "--only", "random"]
-        assert calls[0][1].endswith("run.py")
+@pytest.fixture
+def reward_file(tmp_path):
+    x = np.linspace(-2, 2, 21)
+    path = tmp_path / "r.npy"
+    np.save(path, np.stack([-((x + 1) ** 2), -((x - 1) ** 2)]))
+    return path
+
+
+@pytest.mark.parametrize(
+    "args,named",
+    [
+        (["--max-steps", "0"], "--max-steps"),
+        (["--max-steps", "-5"], "--max-steps"),
+        (["--top", "-3"], "--top"),
+        (["--top", "0"], "--top"),
+        (["--tol", "nan"], "--tol"),
+        (["--tol", "0"], "--tol"),
+        (["--tol", "-1e-8"], "--tol"),
+        (["--tol", "inf"], "--tol"),
+        (["--temperature", "0"], "--temperature"),
+        (["--temperature", "nan"], "--temperature"),
+        (["--weights", "0.3,x"], "--weights"),
+        (["--weights", "0.3,0.3"], "--weights"),
+        (["--weights", "-0.5,1.5"], "--weights"),
+        (["--weights", "0.2,0.3,0.5"], "--weights"),  # 3 weights for 2 rewards
+        (["--k", "0"], "--k"),
+        (["--k", "zero"], "--k"),
+        (["--k", "2.5"], "--k"),
+        (["--reference-weight", "1.5"], "--reference-weight"),
+        (["--reference-weight", "-0.1"], "--reference-weight"),
+        (["--reference-weight", "nan"], "--reference-weight"),
+        (["--out", "/nonexistent-curax-dir/x.json"], "--out"),
+    ],
+)
+def test_solve_refuses_bad_options(reward_file, capsys, args, named):
+    assert main(["solve", str(reward_file), *args]) == 2
+    assert named in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "args,named",
+    [
+        (["--seed", "-1"], "--seed"),
+        (["--sections", "collapse,nope"], "--sections"),
+        (["--sections", ","], "--sections"),
+    ],
+)
+def test_reproduce_refuses_bad_options(tmp_path, capsys, args, named):
+    out = tmp_path / "out"
+    assert main(["reproduce", "--out", str(out), *args]) == 2
+    assert named in _one_line_error(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [["--n", "0"], ["--repeats", "-2"], ["--n", "x"]])
+def test_bench_refuses_bad_options(capsys, args):
+    assert main(["bench", "--builtin", *args]) == 2
+    assert args[0] in _one_line_error(capsys)
+
+
+def test_reproduce_refuses_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["reproduce", "--out", str(blocker / "sub"), "--quick"]) == 2
+    assert "--out" in _one_line_error(capsys)
+    assert main(["reproduce", "--out", str(blocker), "--quick"]) == 2
+    assert "not a folder" in _one_line_error(capsys)
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    "content,suffix,message",
+    [
+        ("a,b,c\n1,2,x\n", ".csv", "could not parse"),
+        ("1,2,3\n4,5,6\n", ".npy", "not a NumPy .npy file"),
+        ("garbage", ".npy", "not a NumPy .npy file"),
+        ("1,nan,3\n", ".csv", "NaN"),
+    ],
+)
+def test_solve_bad_reward_file(tmp_path, capsys, content, suffix, message):
+    path = tmp_path / f"bad{suffix}"
+    path.write_text(content)
+    assert main(["solve", str(path)]) == 2
+    err = _one_line_error(capsys)
+    assert message in err and "pickle" not in err
+
+
+def test_solve_object_npy(tmp_path, capsys):
+    path = tmp_path / "obj.npy"
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert main(["solve", str(path)]) == 2
+    assert "Python objects" in _one_line_error(capsys)
+
+
+# --- Outputs: never overwrite a foreign file; atomic; reruns replace their own output -----------
+
+
+def test_reproduce_refuses_foreign_file(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("my own notes")
+    assert main(["reproduce", "--out", str(out), "--quick", "--sections", "variance"]) == 2
+    assert "'report.md'" in _one_line_error(capsys)
+    assert (out / "report.md").read_text() == "my own notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
+
+
+def test_solve_refuses_foreign_out_file(reward_file, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    out.write_text('{"mine": true}')
+    assert main(["solve", str(reward_file), "--out", str(out)]) == 2
+    assert "result.json" in _one_line_error(capsys)
+    assert out.read_text() == '{"mine": true}'
+
+
+def test_reproduce_rerun_replaces_own_output(quick_run, tmp_path):
+    # A copy of a complete quick run; rerunning one section replaces it without --force,
+    # and no file of the previous run survives (its figures belonged to other sections).
+    import shutil
+
+    _, first = quick_run
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert "report.md" in manifest["files"] and "collapse.png" in manifest["files"]
+    assert main(["reproduce", "--out", str(out), "--quick", "--sections", "variance"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"variance", "meta"}
+    names = {p.name for p in out.iterdir()}
+    assert names == {"report.md", "results.json", MANIFEST}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_output_dir_keeps_previous_output_on_error(tmp_path):
+    from curax._output import OutputDir
+
+    out = tmp_path / "out"
+    with OutputDir(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError):
+        with OutputDir(out) as tmp:
+            (tmp / "a.txt").write_text("second, unfinished")
+            raise RuntimeError
+    assert (out / "a.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_output_dir_force_keeps_foreign_files(tmp_path):
+    from curax._output import OutputDir, OutputError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "a.txt").write_text("also mine")
+    with pytest.raises(OutputError, match="a.txt"):
+        OutputDir(out)
+    with OutputDir(out, force=True, last=("a.txt",)) as tmp:
+        (tmp / "a.txt").write_text("curax")
+        (tmp / "b.txt").write_text("curax")
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "a.txt").read_text() == "curax"
+    # The second write (forced again: notes.txt is still foreign) drops b.txt, which curax
+    # wrote the first time, and still keeps notes.txt.
+    with OutputDir(out, force=True) as tmp:
+        (tmp / "a.txt").write_text("curax 2")
+    assert sorted(p.name for p in out.iterdir()) == [
+        MANIFEST,
+        "a.txt",
+        "notes.txt",
+    ]
+
+
+def test_solve_out_is_atomic_and_rerunnable(tmp_path):
+    from curax._output import check_output_file, is_own_file, write_file_atomic
+
+    out = tmp_path / "x.json"
+    write_file_atomic(out, json.dumps({"written_by": "curax solve"}))
+    assert is_own_file(out)
+    assert check_output_file(out) == out  # a rerun may replace it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+# --- Interrupts: one line, exit 130/143, no crash, no complete-looking output -----------------
+
+
+def _interrupt(tmp_path, signum, delay, progress, previous):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    if previous:  # a complete previous output (curax's own), which must survive
+        out.mkdir()
+        (out / "report.md").write_text("previous report")
+        (out / MANIFEST).write_text(json.dumps({"files": ["report.md"]}))
+    env = dict(os.environ, CURAX_NO_COMPILATION_CACHE="1")
+    argv = ["reproduce", "--quick", "--sections", "nash", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "curax", *argv, *([] if progress else ["--no-progress"])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    # The temporary output appears once the handler is installed and the work has begun.
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".curax-partial") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(delay)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    waited = time.monotonic() - sent
+    expected = {signal.SIGINT: 130, signal.SIGTERM: 143}[signum]
+    assert proc.returncode == expected, (proc.returncode, stderr[-2000:])  # not -11 / -6
+    assert stderr.strip().splitlines()[-1].endswith("curax reproduce: interrupted")
+    assert "Traceback" not in stderr and "Segmentation" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["out"] if previous else [])
+    if previous:
+        assert (out / "report.md").read_text() == "previous report"
+        assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "report.md"]
+    return waited
+
+
+@pytest.mark.parametrize(
+    "signame,delay,progress,previous",
+    [
+        ("SIGINT", 0.0, False, False),
+        ("SIGTERM", 2.0, True, True),
+        ("SIGINT", 6.0, False, True),
+    ],
+)
+def test_interrupt(tmp_path, signame, delay, progress, previous):
+    import signal
+
+    waited = _interrupt(tmp_path, getattr(signal, signame), delay, progress, previous)
+    assert waited < 30  # generous: "within seconds" on a loaded machine
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("delay", [1.0, 4.0, 8.0, 12.0])
+@pytest.mark.parametrize("progress", [False, True])
+def test_interrupt_grid(tmp_path, signame, delay, progress):
+    import signal
+
+    _interrupt(tmp_path, getattr(signal, signame), delay, progress, previous=False)
+
+
+# --- Persistent compilation cache: on for the command line only -------------------------------
+
+
+def test_cache_folder(monkeypatch, tmp_path):
+    from curax._cli import compilation_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("CURAX_NO_COMPILATION_CACHE", raising=False)
+    assert compilation_cache_dir() == tmp_path / "curax" / "jax"
+    assert compilation_cache_dir(no_cache=True) is None
+    monkeypatch.setenv("CURAX_NO_COMPILATION_CACHE", "1")
+    assert compilation_cache_dir() is None
+
+
+def test_cache_used_by_command_not_by_import(tmp_path):
+    import os
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    env.pop("CURAX_NO_COMPILATION_CACHE", None)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    code = "import curax, jax; print(jax.config.jax_compilation_cache_dir)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.stdout.strip() == "None"
+    bench = [sys.executable, "-m", "curax", "bench", "--builtin", "--n", "50", "--repeats", "1"]
+    proc = subprocess.run(bench, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert any((tmp_path / "xdg" / "curax" / "jax").iterdir())
+    env["CURAX_NO_COMPILATION_CACHE"] = "1"
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg2")
+    proc = subprocess.run(bench, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "xdg2").exists()
+
+
+@pytest.mark.slow
+def test_bench_quick_leaves_tracked_files_alone(tmp_path):
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    tracked = root / "benchmarks" / "RESULTS.md"
+    before = tracked.read_bytes(), tracked.stat().st_mtime_ns
+    out = tmp_path / "bench"
+    argv = ["--quick", "--only", "no-such-problem", "--no-throughput", "--no-sweep"]
+    cmd = [sys.executable, "-m", "curax", "bench", *argv, "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "RESULTS.md").is_file() and (out / "results.json").is_file()
+    assert (tracked.read_bytes(), tracked.stat().st_mtime_ns) == before
+    # A rerun replaces its own output; a folder with a foreign file is refused.
+    assert subprocess.run(cmd, capture_output=True, cwd=root).returncode == 0
+    (out / "mine.txt").write_text("x")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 2 and "mine.txt" in proc.stderr

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from . import _sampling as sampling, _theory as theory
+from . import _output, _sampling as sampling, _theory as theory
 from ._grids import two_basin_problem
 from ._maps import trajectory
 from ._problem import CurationProblem
@@ -236,7 +236,9 @@ def section_leakage(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
         ax.set_title(f"separation {sep} (curvature 1, eps {eps})", fontsize=9)
         ax.set_xlabel("q")
     axes[0].set_ylabel("basin-1 mass")
-    axes[0].legend(fontsize=6, loc="upper left")
+    # Below the panels: inside, any corner hides measured points or the interval.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=3, fontsize=8)
     return {"rows": rows, "reports": reports, "figure": _save(fig, out, "leakage.png")}
 
 
@@ -313,11 +315,14 @@ def section_outside(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     t = np.arange(len(o))
     ok = o > 1e-300
+    bound = o[0] * rho**t
     ax.semilogy(t[ok], o[ok], label="outside mass p_t(O)")
-    ax.semilogy(t, o[0] * rho**t, "k--", label=f"rho^t, rho = {rho:.3f}")
+    ax.semilogy(t, bound, "k--", label=f"rho^t, rho = {rho:.3f}")
     ax.set_xlabel("round t")
-    ax.set_ylim(1e-300, 2)
-    ax.legend(fontsize=8)
+    # The y range of the data shown (a fixed 1e-300 floor put 200 empty decades below it).
+    shown = np.concatenate([o[ok], bound[bound > 1e-300]])
+    ax.set_ylim(10 ** (np.floor(np.log10(shown.min())) - 1), 2)
+    ax.legend(fontsize=8, loc="lower left")
     ax.set_title("Lemma 3.3: outside-basin mass decay", fontsize=9)
     return {
         "reports": [
@@ -365,11 +370,15 @@ def section_finite_k(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
         np.all(np.isfinite(d[big])) and np.all(np.diff(d[big]) < 0)
     )
     plt = _plt()
+    from matplotlib.ticker import NullLocator
+
     fig, ax = plt.subplots(figsize=(4.5, 3.4))
     ks = np.array(study.ks, float)
     ax.loglog(ks, study.log_u_distance, "o-", label="max |log u_K - log u_inf|")
     ax.loglog(ks, np.maximum(np.abs(study.phi_gap), 1e-16), "s--", label="Phi gap")
     ax.set_xlabel("K")
+    ax.set_xticks(ks, [f"{k:g}" for k in ks])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_title(f"finite K -> K = inf (fitted rate K^{study.rate:.2f})", fontsize=9)
     ax.legend(fontsize=8)
     return {
@@ -483,11 +492,15 @@ def section_sampling(cfg: SuiteConfig, out: Path, key: Any) -> dict[str, Any]:
     m0 = sampling.GaussianMixture.init(k2, 4, 2, scale=2.0)
     results = {}
     plt = _plt()
+    from matplotlib.ticker import NullLocator
+
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.4))
     ns = np.array(study.num_samples, float)
     ax[0].loglog(ns, study.distance, "o-", label="mean L1 distance")
     ax[0].loglog(ns, study.distance[0] * (ns / ns[0]) ** -0.5, "k--", label="N^-1/2")
     ax[0].set_xlabel("N (kept samples per round)")
+    ax[0].set_xticks(ns, [f"{int(v)}" for v in ns])
+    ax[0].xaxis.set_minor_locator(NullLocator())
     ax[0].set_title(f"finite sample vs population (rate {study.rate:.2f})", fontsize=9)
     ax[0].legend(fontsize=8)
     for j, (q, name) in enumerate(((1.0, "one reward"), (0.3, "two rewards"))):
@@ -520,7 +533,14 @@ def section_sampling(cfg: SuiteConfig, out: Path, key: Any) -> dict[str, Any]:
         )
         a.plot(*np.asarray(centres).T, "kx")
         a.set_title(f"Gaussian mixture, {name} (q = {q})", fontsize=9)
-        a.legend(fontsize=7, markerscale=4)
+        # Below the panel: the samples fill every corner.
+        a.legend(
+            fontsize=7,
+            markerscale=4,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.12),
+            ncol=2,
+        )
     # Verdicts: rate within [-0.7, -0.3]; one reward shrinks (variance down 5x); the
     # finite-sample basin split within the stated c N^-1/2 band of the population split (the
     # two-reward mixture's mode fractions are shown, not judged: its population limit is not
@@ -607,6 +627,30 @@ def _md_table(reports: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _fmt_gap(gap: float) -> str:
+    """A Frank-Wolfe gap, which is >= 0 by definition: a slightly negative computed value is
+    rounding, printed as a bound on the gap (e.g. `<= 1e-16`)."""
+    if gap >= 0:
+        return f"{gap:.2e}"
+    return f"<= 1e{int(np.ceil(np.log10(-gap)))}"
+
+
+def _leakage_table(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "| separation | q | q-window | hypotheses | interval | a_inf | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r, rep in zip(data["rows"], data["reports"]):
+        hyp = ", ".join(k for k, v in rep["hypotheses"].items() if not v)
+        hyp = "all hold" if not hyp else f"fail: {hyp}"
+        lo_w, hi_w = r["window"]
+        lines.append(
+            f"| {r['separation']:g} | {r['q']:g} | ({lo_w:.4f}, {hi_w:.4f}) | {hyp} | "
+            f"[{r['lo']:.4f}, {r['hi']:.4f}] | {r['a_inf']:.4f} | **{r['verdict']}** |"
+        )
+    return lines
+
+
 def write_report(results: dict[str, Any], out: Path) -> None:
     lines = [
         "# curax reproduce",
@@ -655,19 +699,12 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines += ["", f"## {title}", ""]
         if data.get("figure"):
             lines += [f"![{key}]({data['figure']})", ""]
-        if data.get("reports"):
-            lines += _md_table(data["reports"])
         if key == "leakage":
-            lines += [
-                "",
-                "| separation | q | interval | a_inf | verdict |",
-                "|---|---|---|---|---|",
-            ]
-            for r in data["rows"]:
-                lines.append(
-                    f"| {r['separation']:g} | {r['q']:g} | [{r['lo']:.4f}, {r['hi']:.4f}] | "
-                    f"{r['a_inf']:.4f} | {r['verdict']} |"
-                )
+            # One table: the generic check table would repeat these cases without their
+            # parameters.
+            lines += _leakage_table(data)
+        elif data.get("reports"):
+            lines += _md_table(data["reports"])
         if key == "nash":
             lines += [
                 "",
@@ -682,7 +719,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 for meth, v in r["agreement"].items():
                     lines.append(
                         f"| {label} | {v.get('method', meth)} | {v['phi']:.12f} | "
-                        f"{v['fw_gap']:.2e} | {v.get('result', '')} | {v.get('stability', '')} |"
+                        f"{_fmt_gap(v['fw_gap'])} | {v.get('result', '')} | "
+                        f"{v.get('stability', '')} |"
                     )
         if key == "finite_k":
             s = data["study"]
@@ -742,15 +780,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def check_writable(out: Path) -> None:
-    """Create `out` and make sure a file can be written there (fail before any work)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".curax_write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise OSError(f"cannot write to output folder {str(out)!r}: {e.strerror or e}") from None
+def check_writable(out: Path, *, force: bool = False) -> None:
+    """Refuse, before any work, an output folder `run_suite` cannot or must not write (its
+    parent is missing or read-only, or it holds files curax did not write and not `force`)."""
+    _output.check_output_dir(out, force=force)
 
 
 def run_suite(
@@ -760,31 +793,53 @@ def run_suite(
     seed: int = 0,
     progress: bool = True,
     sections: tuple[str, ...] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run the reproduction suite, writing figures, `report.md` and `results.json` to `out`.
 
+    The folder is built in a hidden temporary sibling and renamed into place at the end, with a
+    manifest (`.curax-manifest.json`) of what curax wrote: a rerun replaces its own previous
+    output, an interrupted run leaves the previous output untouched, and a folder holding
+    files curax did not write is refused unless `force`.
+
     **Arguments:**
 
-    - `out`: output folder (created).
+    - `out`: output folder; its parent must exist.
     - `quick`: the sub-minute version. Keyword only argument.
     - `seed`: seed of the JAX key for the random parts. Keyword only argument.
     - `progress`: show a rich progress bar. Keyword only argument.
     - `sections`: subset of section names (default all). Keyword only argument.
+    - `force`: write into a folder holding foreign files (they are kept; files of the same
+        names are replaced). Keyword only argument.
 
     **Returns:**
 
     The results dict (also written as `results.json`).
     """
     out = Path(out)
-    check_writable(out)
-    cfg = SuiteConfig.quick() if quick else SuiteConfig()
-    key = jr.key(seed)
-    names = [k for k, _ in SECTIONS] if sections is None else list(sections)
-    unknown = set(names) - {k for k, _ in SECTIONS}
+    unknown = set(sections or ()) - {k for k, _ in SECTIONS}
     if unknown:
         raise ValueError(
             f"unknown section(s) {sorted(unknown)}; choose from {[k for k, _ in SECTIONS]}."
         )
+    check_writable(out, force=force)
+    with _output.OutputDir(
+        out, force=force, writer="curax reproduce", last=("results.json", "report.md")
+    ) as tmp:
+        return _run_suite(tmp, quick=quick, seed=seed, progress=progress, sections=sections)
+
+
+def _run_suite(
+    out: Path,
+    *,
+    quick: bool,
+    seed: int,
+    progress: bool,
+    sections: tuple[str, ...] | None,
+) -> dict[str, Any]:
+    cfg = SuiteConfig.quick() if quick else SuiteConfig()
+    key = jr.key(seed)
+    names = [k for k, _ in SECTIONS] if sections is None else list(sections)
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "collapse": lambda: section_collapse(cfg, out),
         "leakage": lambda: section_leakage(cfg, out),
@@ -830,6 +885,6 @@ def run_suite(
         ],
     }
     results = theory._jsonable(results)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_report(results, out)
     return results

@@ -1,0 +1,324 @@
+"""Compile time of curax's public entry points and of `curax reproduce`, cold vs warm cache.
+
+    python benchmarks/compile_times.py                 # entry points + reproduce --quick
+    python benchmarks/compile_times.py --full          # also the full `curax reproduce`
+    python benchmarks/compile_times.py --only curate   # a subset (regex on entry names)
+
+Each measurement runs in a fresh process (every process starts cold in memory, as a user's
+does). "cold" uses an empty persistent compilation cache folder (so it includes writing the
+cache), "warm" reruns the same process with that folder populated, "off" runs without a cache.
+For an entry point, the first call (trace + compile + run) and a second call on new inputs of
+the same shapes (run only) are timed; compile = first - second. For `curax reproduce` the
+wall time of the whole command and its user CPU time are recorded (the CPU time is less
+sensitive to other processes on a shared machine).
+
+Writes `compile_times.md` and `compile_times.json` to `--out` (default `benchmarks/results/`,
+git-ignored), atomically.
+"""
+
+import os
+
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import json
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+HERE = Path(__file__).resolve().parent
+
+
+def _problems(variant: int):
+    import curax
+    import jax.numpy as jnp
+
+    # Same shapes, different values (variant 0 and 1): the second call reuses the program.
+    x, two = curax.two_basin_problem(n=401, separation=2.0, q=0.3 + 0.1 * variant)
+    _, finite = curax.two_basin_problem(n=401, separation=2.0, q=0.3 + 0.1 * variant, k=4)
+    del x, jnp
+    return two, finite
+
+
+def _entry_points():
+    """name -> callable(variant) that runs the entry point to completion."""
+    import curax
+    import jax
+
+    def block(tree):
+        return jax.block_until_ready(tree)
+
+    def curate_inf(v):
+        two, _ = _problems(v)
+        return block(curax.curate(two.uniform(), two))
+
+    def curate_k(v):
+        _, finite = _problems(v)
+        return block(curax.curate(finite.uniform(), finite))
+
+    def trajectory(v):
+        two, _ = _problems(v)
+        return block(curax.trajectory(two.uniform(), two, 100))
+
+    def fixed_point_squarem(v):
+        two, _ = _problems(v)
+        solver = curax.SQUAREM(rtol=1e-10, atol=1e-10)
+        return block(curax.fixed_point(curax.curate, solver, two.uniform(), two, throw=False))
+
+    def fixed_point_active_set(v):
+        two, _ = _problems(v)
+        solver = curax.ActiveSetNewton()
+        return block(curax.fixed_point(curax.curate, solver, two.uniform(), two, throw=False))
+
+    def nash_solution(v):
+        two, _ = _problems(v)
+        return block(curax.nash_solution(two, throw=False))
+
+    def nash_optimize(v):
+        two, _ = _problems(v)
+        return block(curax.nash_optimize(two, throw=False))
+
+    def stability(v):
+        two, _ = _problems(v)
+        p = curax.nash_solution(two, throw=False).value
+        return block(curax.stability(p, two))
+
+    entries = {
+        "curate (K = inf)": curate_inf,
+        "curate (K = 4)": curate_k,
+        "trajectory (100 rounds)": trajectory,
+        "fixed_point (SQUAREM)": fixed_point_squarem,
+        "fixed_point (ActiveSetNewton)": fixed_point_active_set,
+        "nash_solution": nash_solution,
+        "nash_optimize": nash_optimize,
+        "stability": stability,
+    }
+    stable_point = getattr(curax, "stable_point", None)  # on branches that have it
+    if stable_point is not None:
+
+        def stable(v):
+            two, _ = _problems(v)
+            return block(stable_point(two, throw=False))
+
+        entries["stable_point"] = stable
+    return entries
+
+
+def _child(name: str, cache: str | None) -> None:
+    if cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    t0 = time.perf_counter()
+    import curax  # noqa: F401
+    import jax
+
+    t_import = time.perf_counter() - t0
+    # Where the first call's time goes: tracing, lowering to StableHLO, XLA compilation (what
+    # the persistent cache saves), cache reads.
+    events: dict[str, float] = {}
+
+    def listen(event: str, duration: float, **_) -> None:
+        events[event] = events.get(event, 0.0) + duration
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    fn = _entry_points()[name]
+    # Problem construction is not the entry point: build the problems once before timing.
+    _problems(0), _problems(1)
+    events.clear()
+    t0 = time.perf_counter()
+    fn(0)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fn(1)
+    second = time.perf_counter() - t0
+    phases = {
+        "trace_s": "/jax/core/compile/jaxpr_trace_duration",
+        "lower_s": "/jax/core/compile/jaxpr_to_mlir_module_duration",
+        "xla_compile_s": "/jax/core/compile/backend_compile_duration",
+    }
+    row = {"import_s": t_import, "first_s": first, "second_s": second}
+    row |= {k: events.get(v, 0.0) for k, v in phases.items()}
+    print(json.dumps(row))
+
+
+def _run_child(args: list[str], env: dict[str, str]) -> tuple[str, float, float, int]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    out = proc.stdout if proc.returncode == 0 else proc.stderr[-500:]
+    return out, wall, cpu, proc.returncode
+
+
+def _env(cache: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    if cache is None:
+        env["CURAX_NO_COMPILATION_CACHE"] = "1"
+    else:
+        env.pop("CURAX_NO_COMPILATION_CACHE", None)
+        env["XDG_CACHE_HOME"] = cache  # the CLI's cache folder is $XDG_CACHE_HOME/curax/jax
+    return env
+
+
+def measure_entry(name: str, mode: str, cache: str | None) -> dict:
+    jax_cache = None if cache is None else str(Path(cache) / "curax" / "jax")
+    argv = [sys.executable, __file__, "--child", name, "--cache", jax_cache or ""]
+    out, wall, cpu, code = _run_child(argv, _env(cache))
+    row = {"what": name, "mode": mode, "process_wall_s": wall, "process_cpu_s": cpu}
+    if code != 0:
+        return row | {"error": out.strip().splitlines()[-1] if out.strip() else str(code)}
+    data = json.loads(out.strip().splitlines()[-1])
+    return row | data | {"compile_s": data["first_s"] - data["second_s"]}
+
+
+def measure_reproduce(quick: bool, mode: str, cache: str | None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = [sys.executable, "-m", "curax", "reproduce", "--no-progress", "--out"]
+        argv += [str(Path(tmp) / "out")] + (["--quick"] if quick else [])
+        if cache is None:
+            argv.append("--no-cache")
+        out, wall, cpu, code = _run_child(argv, _env(cache))
+    row = {
+        "what": f"curax reproduce{' --quick' if quick else ''}",
+        "mode": mode,
+        "process_wall_s": wall,
+        "process_cpu_s": cpu,
+    }
+    if code not in (0, 3):
+        row["error"] = out.strip().splitlines()[-1] if out.strip() else str(code)
+    return row
+
+
+def _load() -> str:
+    try:
+        return ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [
+        "# Compile times: cold vs warm persistent cache",
+        "",
+        f"Measured {report['date']} on {env['cpu_count']} CPU cores ({env['machine']}), "
+        f"jax {env['jax']}, Python {env['python']}, float64. Load average (1, 5, 15 min) at the "
+        f"start: {report['load_start']}; at the end: {report['load_end']}. On a shared "
+        "machine wall times are inflated by other processes; CPU time (user + system) is the "
+        "steadier number.",
+        "",
+        "Command: `python benchmarks/compile_times.py"
+        + (" --full" if report["full"] else "")
+        + "`. Each row is a fresh process; cold = empty cache folder (includes writing it), "
+        "warm = the same folder populated, off = no persistent cache. compile = first call - "
+        "second call; trace / lower / XLA compile: JAX's own timers over both calls (the "
+        "persistent cache saves only the XLA compile; a warm start still traces and lowers).",
+        "",
+        "## Entry points (n = 401, m = 2)",
+        "",
+        "| entry point | mode | first call (s) | second call (s) | compile (s) | trace (s) | "
+        "lower (s) | XLA compile (s) | process CPU (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["entries"]:
+        if "error" in r:
+            lines.append(f"| {r['what']} | {r['mode']} | error: {r['error']} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['what']} | {r['mode']} | {r['first_s']:.2f} | {r['second_s']:.3f} | "
+            f"{r['compile_s']:.2f} | {r['trace_s']:.2f} | {r['lower_s']:.2f} | "
+            f"{r['xla_compile_s']:.2f} | {r['process_cpu_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "## `curax reproduce`",
+        "",
+        "| command | mode | wall (s) | CPU (s) |",
+        "|---|---|---|---|",
+    ]
+    for r in report["reproduce"]:
+        err = f" (error: {r['error']})" if "error" in r else ""
+        lines.append(
+            f"| `{r['what']}` | {r['mode']} | {r['process_wall_s']:.1f}{err} | "
+            f"{r['process_cpu_s']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--out", default=str(HERE / "results"), help="output folder")
+    ap.add_argument("--force", action="store_true", help="write into a folder with other files")
+    ap.add_argument("--full", action="store_true", help="also time the full `curax reproduce`")
+    ap.add_argument("--only", default=None, help="regex on entry-point names")
+    ap.add_argument("--no-reproduce", action="store_true", help="entry points only")
+    ap.add_argument("--no-entries", action="store_true", help="`curax reproduce` only")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--cache", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        _child(args.child, args.cache or None)
+        return {}
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from curax._output import OutputDir, OutputError
+
+    try:
+        outdir = OutputDir(args.out, force=args.force, writer="benchmarks/compile_times.py")
+    except OutputError as e:
+        print(f"compile_times.py: error: --out: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    import jax
+
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "full": args.full,
+        "load_start": _load(),
+        "environment": {
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+        },
+        "entries": [],
+        "reproduce": [],
+    }
+    with outdir as tmp, tempfile.TemporaryDirectory() as scratch:
+        if not args.no_entries:
+            names = [n for n in _entry_points() if not args.only or re.search(args.only, n)]
+            for name in names:
+                cache = str(Path(scratch) / re.sub(r"\W+", "_", name))
+                for mode, folder in (("cold", cache), ("warm", cache), ("off", None)):
+                    row = measure_entry(name, mode, folder)
+                    report["entries"].append(row)
+                    print(json.dumps(row), flush=True)
+        if not args.no_reproduce:
+            for quick in (True, False) if args.full else (True,):
+                cache = str(Path(scratch) / f"reproduce_{'quick' if quick else 'full'}")
+                for mode, folder in (("off", None), ("cold", cache), ("warm", cache)):
+                    row = measure_reproduce(quick, mode, folder)
+                    report["reproduce"].append(row)
+                    print(json.dumps(row), flush=True)
+        report["load_end"] = _load()
+        (tmp / "compile_times.json").write_text(json.dumps(report, indent=1) + "\n")
+        (tmp / "compile_times.md").write_text(markdown(report))
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
