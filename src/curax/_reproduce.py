@@ -627,9 +627,16 @@ def _md_table(reports: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _f(x: Any, spec: str) -> str:
+    """Format a number; a non-finite one arrives from results.json as a string (`"nan"`)."""
+    return format(x, spec) if isinstance(x, (int, float)) else str(x)
+
+
 def _fmt_gap(gap: float) -> str:
     """A Frank-Wolfe gap, which is >= 0 by definition: a slightly negative computed value is
     rounding, printed as a bound on the gap (e.g. `<= 1e-16`)."""
+    if not isinstance(gap, (int, float)):
+        return str(gap)
     if gap >= 0:
         return f"{gap:.2e}"
     return f"<= 1e{int(np.ceil(np.log10(-gap)))}"
@@ -718,7 +725,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 label = "smooth wells" if r.get("smooth_wells") else f"plateaus q={r['q']:g}"
                 for meth, v in r["agreement"].items():
                     lines.append(
-                        f"| {label} | {v.get('method', meth)} | {v['phi']:.12f} | "
+                        f"| {label} | {v.get('method', meth)} | {_f(v['phi'], '.12f')} | "
                         f"{_fmt_gap(v['fw_gap'])} | {v.get('result', '')} | "
                         f"{v.get('stability', '')} |"
                     )
@@ -726,10 +733,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             s = data["study"]
             lines += [
                 "",
-                f"Fitted rate: max |log u_K - log u_inf| ~ K^{s['rate']:.3f}.",
+                f"Fitted rate: max |log u_K - log u_inf| ~ K^{_f(s['rate'], '.3f')}.",
                 "",
                 "| K | max abs log-u distance | Phi gap | basin-1 mass (K=inf: "
-                f"{s['basin_mass_inf']:.4f}) |",
+                f"{_f(s['basin_mass_inf'], '.4f')}) |",
                 "|---|---|---|---|",
             ]
             lines[-2] = lines[-2][:-1] + " atoms | FW gap | stability |"
@@ -743,7 +750,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 s["fw_gaps"],
                 s["stability"],
             ):
-                lines.append(f"| {k} | {d:.3e} | {g:.3e} | {m:.4f} | {a} | {c:.1e} | {st} |")
+                lines.append(
+                    f"| {k} | {_f(d, '.3e')} | {_f(g, '.3e')} | {_f(m, '.4f')} | {a} | "
+                    f"{_f(c, '.1e')} | {st} |"
+                )
         if key == "phase":
             ph = data["phase_diagram"]
             lines += [
@@ -771,7 +781,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             s = data["study"]
             lines += [
                 "",
-                f"Fitted rate: L1 distance ~ N^{s['rate']:.3f} (theory -0.5).",
+                f"Fitted rate: L1 distance ~ N^{_f(s['rate'], '.3f')} (theory -0.5).",
                 "",
             ]
             lines += ["| N | mean L1 distance | std. error |", "|---|---|---|"]

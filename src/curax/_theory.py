@@ -1387,7 +1387,7 @@ class PhaseDiagram:
     fw_gap: list[list[list[float]]]
     phases: list[list[list[str]]]
     num_atoms: list[list[list[int]]]
-    atoms: list[list[list[list[tuple[float, float]]]]]
+    atoms: list[list[list[list[list[float]]]]]
     basin_mass: list[list[list[float]]]
     stability: list[list[list[str]]]
     radius: list[list[list[float]]]
