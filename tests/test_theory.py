@@ -345,7 +345,9 @@ def test_real_data_hypotheses_fail_without_data(getkey):
 # --- finite K ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_finite_k_approaches_k_inf():
+    # (Also run by `curax reproduce --quick`, whose verdicts tests/test_cli.py asserts.)
     problem = theory.two_well_problem(2.0, 0.3, None, n=61, half_width=3.0)
     study = theory.finite_k_convergence(problem, (4, 16), eps=0.25, check_stability=False)
     assert study.inf_certified and all(study.certified)
@@ -353,8 +355,12 @@ def test_finite_k_approaches_k_inf():
     d = np.array(study.log_u_distance)
     assert d[1] < d[0] / 2
     json.dumps(study.to_dict())
+
+
+def test_finite_k_uncertified_points_are_not_judged():
     # Too few rounds of the dynamics: nothing is certified, nothing is called unstable, and
     # no distance is reported for an uncertified point.
+    problem = theory.two_well_problem(2.0, 0.3, None, n=61, half_width=3.0)
     dyn = theory.finite_k_convergence(
         problem, (4, 16), eps=0.25, method="dynamics", rounds=20, max_chunks=1
     )
