@@ -33,7 +33,7 @@ import numpy as np
 from . import _output, _sampling as sampling, _theory as theory
 from ._grids import two_basin_problem
 from ._maps import trajectory
-from ._problem import CurationProblem
+from ._problem import CurationProblem, nodes_for_spread
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,6 @@ class SuiteConfig:
     )
     nash_qs: tuple[float, ...] = (0.2, 0.5, 0.8)
     finite_ks: tuple[int, ...] = (2, 4, 8, 32, 128)
-    finite_k_n: int = 61
     phase_separations: tuple[float, ...] = tuple(0.25 * i for i in range(1, 17))
     phase_ks: tuple[int | None, ...] = (2, 3, 4, 5, 8, None)
     phase_qs: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -87,7 +86,6 @@ class SuiteConfig:
             variance_cases=((2.0, 0.3),),
             nash_qs=(0.3,),
             finite_ks=(4, 16),
-            finite_k_n=61,
             phase_separations=(0.5, 1.0, 1.5, 2.0, 3.0),
             phase_ks=(4, None),
             phase_qs=(0.2, 0.5),
@@ -358,8 +356,11 @@ def section_ferbach(cfg: SuiteConfig, out: Path, key: Any) -> dict[str, Any]:
 
 
 def section_finite_k(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
-    problem = theory.two_well_problem(2.0, 0.3, None, n=cfg.finite_k_n, half_width=3.0)
-    study = theory.finite_k_convergence(problem, cfg.finite_ks, eps=0.25)
+    # The phase diagram's grid and quadrature size, so both sections share compiled code.
+    half_width = 0.5 * max(cfg.phase_separations) + 2.0
+    nodes = nodes_for_spread((half_width + 0.5 * max(cfg.phase_separations)) ** 2)
+    problem = theory.two_well_problem(2.0, 0.3, None, n=cfg.phase_n, half_width=half_width)
+    study = theory.finite_k_convergence(problem, cfg.finite_ks, eps=0.25, quadrature_nodes=nodes)
     # Every K >= 2 has a stable point (a fixed point of a continuous map of the simplex that
     # the active-set method certifies); the distance to K = inf shrinks as K grows.
     verdicts = {f"stable point certified (K={k})": c for k, c in zip(study.ks, study.certified)}
@@ -739,7 +740,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 f"{_f(s['basin_mass_inf'], '.4f')}) |",
                 "|---|---|---|---|",
             ]
-            lines[-2] = lines[-2][:-1] + " atoms | FW gap | stability |"
+            lines[-2] = lines[-2] + " atoms | FW gap | stability |"
             lines[-1] = "|---|---|---|---|---|---|---|"
             for k, d, g, m, a, c, st in zip(
                 s["ks"],
@@ -772,7 +773,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                         radius = radius if isinstance(radius, float) else float("nan")
                         cells.append(
                             f"{ph['phases'][si][ki][qi]}, {ph['num_atoms'][si][ki][qi]}, "
-                            f"{radius:.3f}"
+                            f"{radius:.6f}"
                         )
                     lines.append(
                         f"| K={'inf' if k is None else k}, q={q:g} | " + " | ".join(cells) + " |"

@@ -1234,6 +1234,7 @@ def finite_k_convergence(
     max_chunks: int = 10,
     check_stability: bool = True,
     max_steps: int = 2000,
+    quadrature_nodes: int | None = None,
 ) -> FiniteKStudy:
     """Distance between the finite-K stable point and the K = infinity one (the Nash point)
     as K grows, with a fitted power-law rate. Every point comes from
@@ -1253,6 +1254,9 @@ def finite_k_convergence(
     - `check_stability`: classify each finite-K point with [`curax.stability`][] (one
         compilation per K). Keyword only argument.
     - `max_steps`: step limit of the stable-point solver. Keyword only argument.
+    - `quadrature_nodes`: finite K's quadrature size (default: from the reward spread); fix
+        it to share compiled code with other studies of the same shapes. Keyword only
+        argument.
 
     **Returns:**
 
@@ -1275,7 +1279,15 @@ def finite_k_convergence(
     phi_inf = float(np.asarray(problem.weights) @ lu_inf)
     dist, gaps, masses, certs, oks, verdicts, points, natoms = [], [], [], [], [], [], [], []
     for k in ks:
-        pk_problem = problem.with_k(k)
+        pk_problem = CurationProblem(
+            problem.rewards,
+            problem.weights,
+            k,
+            problem.temperature,
+            problem.reference,
+            problem.reference_weight,
+            quadrature_nodes=quadrature_nodes,
+        )
         lim = _limit_point(pk_problem, problem.uniform(), **kw)
         pk = lim.p
         ok = lim.certified and lim_inf.certified
