@@ -413,7 +413,9 @@ def section_phase(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
             for qi in range(len(qs)):
                 label = phase.phases[si][j][qi]
                 short = {"two basins": "2B", "one basin": "1B", "compromise": "C"}.get(label, "?")
-                ax.text(si, qi, short, ha="center", va="center", fontsize=6, color="w")
+                # Dark text on the bright (largest-count) cells of viridis.
+                bright = atoms[si, j, qi] >= top - 0.5 if np.isfinite(atoms[si, j, qi]) else 0
+                ax.text(si, qi, short, ha="center", va="center", fontsize=6, color="kw"[not bright])
         step = max(1, len(seps) // 6)
         ax.set_xticks(range(0, len(seps), step), [f"{s:g}" for s in seps[::step]], fontsize=7)
         ax.set_yticks(range(len(qs)), [f"{q:g}" for q in qs], fontsize=7)
