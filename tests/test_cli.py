@@ -29,6 +29,7 @@ def test_reproduce_quick_writes_everything(quick_run):
         "collapse.png",
         "leakage.png",
         "finite_k.png",
+        "phase_diagram.png",
         "sampling.png",
         "outside_decay.png",
     ):
@@ -105,10 +106,11 @@ def test_reproduce_quick_finite_k(quick_run):
     study = results["finite_k"]["study"]
     d = study["log_u_distance"]
     assert d[-1] < d[0]
-    phases = results["finite_k"]["phase_diagram"]["phases"]
-    # Close wells at q = 0.5: a single compromise point; far wells: two basins.
-    assert phases[0][0][1] == "compromise"
-    assert phases[-1][0][1] == "two basins"
+    phases = results["phase"]["phase_diagram"]["phases"]
+    # K = inf (last K), q = 0.5: close wells give a single compromise point; far wells two
+    # basins.
+    assert phases[0][-1][1] == "compromise"
+    assert phases[-1][-1][1] == "two basins"
 
 
 @pytest.mark.parametrize(

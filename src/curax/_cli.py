@@ -146,7 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--sections",
         default=None,
         help="comma-separated subset of: collapse, leakage, nash, variance, outside, ferbach, "
-        "finite_k, sampling",
+        "finite_k, phase, sampling",
     )
     rep.add_argument(
         "--force",

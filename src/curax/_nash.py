@@ -11,7 +11,7 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._nash_solver import solve_nash
 from ._problem import (
@@ -860,6 +860,9 @@ def mixing_fixed_point(
     return throw_if_failed(sol, throw)
 
 
+_COMPARE_VERDICTS = ("stable", "marginal", "unstable", "not a fixed point")
+
+
 def _safe_ratio_nash(alpha: Array, u: Array) -> Array:
     ok = alpha > 0
     return jnp.where(ok, alpha / jnp.where(ok & (u > 0), u, 1.0), 0.0)
@@ -889,12 +892,20 @@ class NashComparison(eqx.Module):
     - `support_overlap`: Jaccard index of the two supports (1 = the same points).
     - `nash_mass_on_point_support`: how much of the Nash solution's mass lies on the point's
         support.
-    - `stability_code`: 0 stable, 1 marginal, 2 unstable, from [`curax.stability`][] (the
-        Jacobian spectrum and off-support growth of the problem's own map, any K); for a
+    - `point_residual`: `max |f(p) - p|` of the problem's own map at the point (for a
+        [`curax.BargainingProblem`][], `max_x p(x) |G(x) - 1|` with the K -> infinity growth
+        `G`): the point is a fixed point, and gets a stability verdict, only if this is
+        `<= tol`.
+    - `stability_code`: 0 stable, 1 marginal, 2 unstable, 3 not a fixed point (the point's
+        residual exceeds `tol`, e.g. the end of an unfinished trajectory: no stability claim
+        is made). Codes 0-2 come from [`curax.stability`][] (the Jacobian spectrum and
+        off-support growth of the problem's own map, any K); for a
         [`curax.BargainingProblem`][] from the K -> infinity growth factors alone (stable iff
         `fw_gap_point <= tol`, unstable otherwise).
-    - `stability_radius`: the Jacobian's spectral radius on the simplex tangent space (or
-        `1 + fw_gap_point` for a bargaining problem: the largest growth factor).
+    - `stability_radius`: the point's Jacobian spectral radius on the simplex tangent space
+        (or `1 + fw_gap_point` for a bargaining problem: the largest growth factor); nan when
+        the point is not a fixed point.
+    - `nash_certified`: whether [`curax.nash_solution`][] certified the Nash side.
     - `infinite_k_limit`: the Nash side is the K -> infinity limit of a finite-K problem.
     """
 
@@ -912,23 +923,29 @@ class NashComparison(eqx.Module):
     support_nash: Int[Array, ""]
     support_overlap: Float[Array, ""]
     nash_mass_on_point_support: Float[Array, ""]
+    point_residual: Float[Array, ""]
     stability_code: Int[Array, ""]
     stability_radius: Float[Array, ""]
+    nash_certified: Bool[Array, ""]
     infinite_k_limit: bool = eqx.field(static=True)
 
     @property
     def verdict(self) -> str:
-        """`"stable"`, `"marginal"` or `"unstable"` (needs a concrete report)."""
-        return ("stable", "marginal", "unstable")[int(self.stability_code)]
+        """`"stable"`, `"marginal"`, `"unstable"` or `"not a fixed point"` (needs a concrete
+        report)."""
+        return _COMPARE_VERDICTS[int(self.stability_code)]
 
     def summary(self) -> str:
         """A plain-text table of the comparison, for a report or a paper's appendix."""
+        if int(self.stability_code) == 3:
+            verdict = f"not a fixed point (residual {float(self.point_residual):.2e})"
+        else:
+            verdict = f"{self.verdict} (radius {float(self.stability_radius):.6g})"
+        nash = (
+            "certified" if bool(self.nash_certified) else "NOT certified"
+        ) + f" (gap {float(self.nash_fw_gap):.1e})"
         rows = [
-            (
-                "stability verdict",
-                self.verdict,
-                f"radius {float(self.stability_radius):.6g}",
-            ),
+            ("status", verdict, nash),
             (
                 "objective Phi",
                 f"{float(self.objective_point):.15g}",
@@ -946,8 +963,10 @@ class NashComparison(eqx.Module):
         ]
         for i, (a, b) in enumerate(zip(self.log_utilities_point, self.log_utilities_nash)):
             rows.append((f"log u_{i}", f"{float(a):.12g}", f"{float(b):.12g}"))
-        head = f"{'':28s}{'stable point':>24s}{'Nash solution':>24s}"
-        lines = [head] + [f"{r[0]:28s}{r[1]:>24s}{r[2]:>24s}" for r in rows]
+        # Only a stable or marginal fixed point is called a stable point.
+        name = "stable point" if int(self.stability_code) in (0, 1) else "point"
+        head = f"{'':28s}{name:>36s}{'Nash solution':>26s}"
+        lines = [head] + [f"{r[0]:28s}{r[1]:>36s}{r[2]:>26s}" for r in rows]
         if self.infinite_k_limit:
             lines.append("(Nash side: K -> infinity limit of a finite-K problem)")
         return "\n".join(lines)
@@ -964,10 +983,12 @@ def compare(
     """Compare a stable point of the dynamics with the weighted Nash bargaining solution.
 
     Solves the problem's bargaining problem exactly ([`curax.nash_solution`][]), evaluates
-    both points' utilities, objective, Frank-Wolfe gap and supports, and classifies the point
-    with [`curax.stability`][] (for a [`curax.CurationProblem`][]; the map of the problem's
-    own K). What a user quotes: "the dynamics' stable point is the Nash solution to
-    `objective_difference`, certified by `fw_gap_point`".
+    both points' utilities, objective, Frank-Wolfe gap and supports, and, if the point is a
+    fixed point (residual `<= tol`), classifies it with [`curax.stability`][] (for a
+    [`curax.CurationProblem`][]; the map of the problem's own K). A point that is not a fixed
+    point (an unfinished trajectory) gets no stability verdict (`"not a fixed point"`). What a
+    user quotes: "the point is the Nash solution to `objective_difference`, certified by
+    `fw_gap_point`"; for a certified stable point use [`curax.stable_point`][].
 
     **Arguments:**
 
@@ -977,7 +998,8 @@ def compare(
         disagreement point 0 on the simplex).
     - `grid_shape`: keyword only, passed to [`curax.nash_solution`][].
     - `support_tol`: keyword only, mass above which a point is in a support.
-    - `tol`: keyword only, margin of the stability verdict.
+    - `tol`: keyword only, margin of the stability verdict and the largest residual at
+        which the point counts as a fixed point.
 
     **Returns:**
 
@@ -986,8 +1008,8 @@ def compare(
     !!! Example
 
         ```python
-        ps = curax.trajectory(problem.uniform(), problem, 5000)
-        report = curax.compare(ps[-1], problem)
+        sol = curax.stable_point(problem)            # certified
+        report = curax.compare(sol, problem)
         print(report.summary())
         ```
     """
@@ -1039,11 +1061,16 @@ def _compare(
         from ._stability import stability
 
         report = stability(p, problem, support_tol=support_tol, tol=tol)
+        residual = report.residual
         code = report.verdict_code
         radius = report.radius
     else:
+        residual = jnp.max(p * jnp.abs(g - 1))
         code = jnp.where(gap_p <= tol, 0, 2)
         radius = 1 + gap_p
+    fixed = residual <= tol
+    code = jnp.where(fixed, code, 3)
+    radius = jnp.where(fixed, radius, jnp.nan)
     del uq
     return NashComparison(
         point=p,
@@ -1060,7 +1087,9 @@ def _compare(
         support_nash=jnp.sum(sq),
         support_overlap=inter / union,
         nash_mass_on_point_support=jnp.sum(jnp.where(sp, q, 0.0)),
+        point_residual=jnp.asarray(residual),
         stability_code=jnp.asarray(code),
         stability_radius=jnp.asarray(radius),
+        nash_certified=jnp.asarray(nash.result == RESULTS.successful),
         infinite_k_limit=bp.infinite_k_limit,
     )

@@ -187,6 +187,12 @@ def _simulate_histogram(
     return _histogram_run(key, problem, rounds, num_samples, jnp.array(num_samples), p0)
 
 
+# Seeds x one N: module level, so callers with the same shapes reuse the compiled code.
+_histogram_batch = eqx.filter_jit(
+    jax.vmap(_histogram_run, in_axes=(0, None, None, None, None, None))
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class SampleSizeStudy:
     """Distance of the finite-sample (histogram) trajectory to the population trajectory.
@@ -242,7 +248,7 @@ def sample_size_study(
     p0 = problem.uniform() if p0 is None else prepare_distribution(p0, problem)
     pop = np.asarray(trajectory(p0, problem, rounds))
     # One compiled simulator for every N: draw max(N) samples, use the first N.
-    run = eqx.filter_jit(jax.vmap(_histogram_run, in_axes=(0, None, None, None, None, None)))
+    run = _histogram_batch
     n_max = max(num_samples)
     dist, err = [], []
     for i, n_s in enumerate(num_samples):

@@ -2,11 +2,14 @@
 
 Each `check_*` function computes a theorem's hypotheses from a problem's rewards, runs the
 dynamics and returns a [`curax.theory.TheoremReport`][]: hypothesis values, prediction,
-measurement and verdict. See `curax/_theory.py` for the definitions of the basins `S_i`,
-gaps `Delta_i` and leakage factors `kappa_i`.
+measurement and verdict, taken at a certified point ([`curax.stable_point`][]); a limit
+that cannot be certified gives the verdict `"inconclusive"`. See
+[`curax.theory.basins`][] for the definitions of the basins `S_i`, gaps `Delta_i` and
+leakage factors `kappa_i`.
 """
 
 from ._theory import (
+    atoms as atoms,
     Basins as Basins,
     basins as basins,
     check_collapse as check_collapse,
@@ -20,12 +23,14 @@ from ._theory import (
     contraction_bound as contraction_bound,
     finite_k_convergence as finite_k_convergence,
     FiniteKStudy as FiniteKStudy,
+    INCONCLUSIVE as INCONCLUSIVE,
+    Limit as Limit,
     nash_agreement as nash_agreement,
     outside_domination as outside_domination,
     phase_diagram as phase_diagram,
     PhaseDiagram as PhaseDiagram,
     PHASES as PHASES,
-    stable_point as stable_point,
     TheoremReport as TheoremReport,
     two_well_problem as two_well_problem,
+    VERDICTS as VERDICTS,
 )
