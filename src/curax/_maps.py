@@ -41,6 +41,13 @@ _DIRECT_MAX_K1 = 64
 _CELL = 0.05
 _DEGREE = 20
 _TAIL = 45.0
+# Pass 1 in blocks of _WINDOW_POINTS consecutive points: per block and reward only the nodes
+# with _LOW < t_k w and t_k w_min <= the cut are summed point by point, _WINDOW nodes at a time;
+# below, a Taylor series of degree _DEGREE in t_k w (remainder < 1e-18 relative); above, the
+# terms are dropped (see `_phi_cut`).
+_WINDOW = 16
+_WINDOW_POINTS = 1024
+_LOW = 1.0
 
 
 def _exp_cap(dtype: Any) -> float:
@@ -180,9 +187,7 @@ def _taylor_table(
         bterm = bterm * vneg / j
         return (term, bterm), (jnp.sum(term, axis=-1), jnp.sum(bterm, axis=-1))
 
-    _, (cols, bcols) = lax.scan(
-        step, (term, at), jnp.arange(1, _DEGREE + 1, dtype=t.dtype)
-    )
+    _, (cols, bcols) = lax.scan(step, (term, at), jnp.arange(1, _DEGREE + 1, dtype=t.dtype))
     table = jnp.concatenate(
         [jnp.sum(term, axis=-1)[..., None], jnp.moveaxis(cols, 0, -1)], axis=-1
     )  # (r, c, d)
@@ -218,6 +223,95 @@ def _table_growth(
     return jnp.moveaxis(h, 0, -2).reshape(r, -1)[:, :n]
 
 
+def _phi_cut(ks: tuple[int, ...], num_nodes: int) -> float:
+    """Pairs with t_k w > this cut change phi_k by < e^-cut absolutely. Where phi_k^(K-1)
+    matters, phi_k >= exp(-(u_max + margin)) (`_RELEVANT_MARGIN`), so the relative change of
+    phi_k^(K-1) is below K e^(-cut + u_max + margin) < 1e-16."""
+    u_max = QUAD_U_MIN + (num_nodes - 1) * QUAD_STEP
+    return min(u_max + _RELEVANT_MARGIN + 37.0 + math.log(max(ks)), 740.0)
+
+
+def _phi_windowed(
+    log_wq: Float[Array, "r n"],
+    p: Float[Array, " n"],
+    t: Float[Array, "r q"],
+    mode: str,
+    cut: float,
+) -> Any:
+    """Pass 1 (the sums over the points of e^{-t_k w} and/or expm1(-t_k w) at every node)
+    skipping, per block of points and reward, the nodes where the block's terms are known
+    without an exponential each: a Taylor series in t_k w where t_k w <= _LOW for every point
+    of the block, nothing (or minus the block's mass, for the expm1 sum) where t_k w > cut for
+    every point with mass. For rewards that vary smoothly over the points (grids), a block
+    sees ~(log(cut) - log(_LOW)) / 0.3 + its own range of log w nodes, not Q."""
+    r, n = log_wq.shape
+    q = t.shape[1]
+    dtype = t.dtype
+    chunk = min(n, _WINDOW_POINTS)
+    log_t = jnp.log(t)
+    nodes = jnp.arange(q)
+    rounds = -(-q // _WINDOW)
+    fact = jnp.cumprod(
+        jnp.concatenate([jnp.ones(1, dtype), jnp.arange(1, _DEGREE + 1, dtype=dtype)])
+    )
+    want_exp = mode in ("direct", "both")
+    want_m1 = mode in ("expm1", "both")
+
+    def powers(x):  # (..., ) -> (..., d): x^j
+        ones = jnp.ones(x.shape + (1,), dtype)
+        rep = jnp.broadcast_to(x[..., None], x.shape + (_DEGREE,))
+        return jnp.concatenate([ones, jnp.cumprod(rep, axis=-1)], axis=-1)
+
+    def block(carry, blk):
+        lw, pb = blk  # (r, chunk), (chunk,)
+        on = (pb > 0)[None, :]
+        lmax = jnp.max(jnp.where(on, lw, -jnp.inf), axis=-1)
+        lmin = jnp.min(jnp.where(on, lw, jnp.inf), axis=-1)
+        empty = ~jnp.isfinite(lmax)
+        lmax = jnp.where(empty, 0.0, lmax)
+        lmin = jnp.where(empty, 0.0, lmin)
+        k_lo = jnp.where(empty, q, jnp.sum(log_t + lmax[:, None] <= math.log(_LOW), axis=-1))
+        k_hi = jnp.maximum(jnp.sum(log_t + lmin[:, None] <= math.log(cut), axis=-1), k_lo)
+        # Taylor part: sum_x p e^{-t w} = sum_j (-t w_max)^j / j! sum_x p (w / w_max)^j.
+        z = jnp.where(on, jnp.exp(lw - lmax[:, None]), 0.0)
+        mom = jnp.einsum("rcj,c->rj", powers(z), pb)  # (r, d)
+        coef = powers(-t * jnp.exp(lmax)[:, None]) / fact  # (r, q, d)
+        low = nodes[None, :] < k_lo[:, None]
+        high = nodes[None, :] >= k_hi[:, None]
+        taylor = jnp.einsum("rqj,rj->rq", coef[:, :, 1:], mom[:, 1:])
+        add_e = jnp.where(low, taylor + mom[:, :1], 0.0)
+        add_m = jnp.where(low, taylor, jnp.where(high, -mom[:, :1], 0.0))
+        w = jnp.exp(lw)
+        span = jnp.max(k_hi - k_lo)
+
+        def window(i, acc):
+            def run(acc):
+                idx = k_lo[:, None] + i * _WINDOW + jnp.arange(_WINDOW)[None, :]  # (r, L)
+                valid = idx < k_hi[:, None]
+                tl = jnp.where(valid, jnp.take_along_axis(t, jnp.minimum(idx, q - 1), axis=1), 0.0)
+                tw = tl[:, :, None] * w[:, None, :]
+                hot = ((idx[:, :, None] == nodes[None, None, :]) & valid[:, :, None]).astype(dtype)
+                out = []
+                if want_exp:
+                    v = jnp.sum(jnp.exp(-tw) * pb[None, None, :], axis=-1)
+                    out.append(acc[len(out)] + jnp.einsum("rl,rlq->rq", v, hot))
+                if want_m1:
+                    v = jnp.sum(jnp.expm1(-tw) * pb[None, None, :], axis=-1)
+                    out.append(acc[len(out)] + jnp.einsum("rl,rlq->rq", v, hot))
+                return tuple(out)
+
+            return lax.cond(i * _WINDOW < span, run, lambda acc: acc, acc)
+
+        acc = tuple(x for x, want in ((add_e, want_exp), (add_m, want_m1)) if want)
+        acc = lax.fori_loop(0, rounds, window, acc)
+        return tuple(c + a for c, a in zip(carry, acc)), None
+
+    zeros = jnp.zeros((r, q), dtype)
+    init = (zeros, zeros) if mode == "both" else (zeros,)
+    sums, _ = lax.scan(block, init, (_blocks(log_wq, chunk), _blocks(p, chunk)))
+    return sums if mode == "both" else sums[0]
+
+
 def _laplace_growth(
     s: Float[Array, "r n"],
     p: Float[Array, " n"],
@@ -226,6 +320,7 @@ def _laplace_growth(
     *,
     phi_mode: str | None = None,
     table: bool | None = None,
+    windows: bool | None = None,
 ) -> Float[Array, "r n"]:
     """Exact finite-K growth factor H(x) = E[K w(x) / (w(x) + sum_{j<K} w(y_j))], y_j ~ p.
 
@@ -241,7 +336,7 @@ def _laplace_growth(
     relative, every node's term being positive), nodes with t_k w_c > 45 dropped (a_k does
     not increase with k and a node with t_j w in [e^-0.39, 1] exists, so they add < 2e-17
     relative). The points then cost a gather and a Horner sum each instead of Q exponentials.
-    `phi_mode` and `table` override the static choices (tests).
+    `phi_mode`, `table` and `windows` override the static choices (tests).
     """
     dtype = s.dtype
     r, n = s.shape
@@ -319,7 +414,17 @@ def _laplace_growth(
     zeros = jnp.zeros((r, num_nodes), dtype)
     tiny = jnp.finfo(dtype).tiny
     init = (zeros, zeros) if mode == "both" else zeros
-    sums, _ = lax.scan(pass1, init, (x_blocks, p_blocks))
+    if windows is None:
+        windows = (
+            linear
+            and jnp.finfo(dtype).bits == 64
+            and n >= 2 * _WINDOW_POINTS
+            and num_nodes > 2 * _WINDOW
+        )
+    if windows:
+        sums = _phi_windowed(log_wq, p, t, mode, _phi_cut(ks, num_nodes))
+    else:
+        sums, _ = lax.scan(pass1, init, (x_blocks, p_blocks))
     if mode == "direct":
         # phi underflows to 0 at the largest nodes; flooring it keeps log (and its
         # derivative) finite, and tiny ** (K - 1) is 0 all the same.
