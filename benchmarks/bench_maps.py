@@ -85,7 +85,7 @@ def grid_2d(n, m, k, key):
     xx, yy = [a.reshape(-1) for a in jnp.meshgrid(g, g)]
     k1, k2, k3, k4 = jax.random.split(key, 4)
     c = jax.random.uniform(k1, (m, 2), minval=-0.8, maxval=0.8)
-    scale = jax.random.uniform(k2, (m, 2), minval=2.0, maxval=12.0)
+    scale = jax.random.uniform(k2, (m, 2), minval=1.0, maxval=4.5)
     ang = jax.random.uniform(k3, (m,), maxval=np.pi)
     dx, dy = xx[None, :] - c[:, :1], yy[None, :] - c[:, 1:]
     u = jnp.cos(ang)[:, None] * dx + jnp.sin(ang)[:, None] * dy
