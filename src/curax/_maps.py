@@ -275,7 +275,9 @@ def _phi_windowed(
         # Taylor part: sum_x p e^{-t w} = sum_j (-t w_max)^j / j! sum_x p (w / w_max)^j.
         z = jnp.where(on, jnp.exp(lw - lmax[:, None]), 0.0)
         mom = jnp.einsum("rcj,c->rj", powers(z), pb)  # (r, d)
-        coef = powers(-t * jnp.exp(lmax)[:, None]) / fact  # (r, q, d)
+        # Clamped: only the low nodes (t w_max <= 1) use it, and the rest must not overflow.
+        y = jnp.minimum(t * jnp.exp(lmax)[:, None], _LOW)
+        coef = powers(-y) / fact[None, None, :]  # (r, q, d)
         low = nodes[None, :] < k_lo[:, None]
         high = nodes[None, :] >= k_hi[:, None]
         taylor = jnp.einsum("rqj,rj->rq", coef[:, :, 1:], mom[:, 1:])
