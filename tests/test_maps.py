@@ -375,3 +375,65 @@ def test_new_rewards_reuse_compiled_code():
     f(a.uniform(), a)
     f(b.uniform(), b)
     assert len(traces) == 1
+
+
+def _atoms_on_labels(seed, n, spread, p_atoms):
+    # Random rewards over n labels, mass on three of them (one at the lowest reward): the
+    # exact multinomial sum gives H at every label, on and off the support.
+    rng = np.random.default_rng(seed)
+    r = rng.uniform(0.0, spread, n)
+    r[0], r[1] = 0.0, spread
+    atoms = np.array([0, 2 + rng.integers(n - 2), 1])
+    p = np.zeros(n)
+    p[atoms] = p_atoms
+    return r, p, atoms
+
+
+@pytest.mark.parametrize(
+    "k, spread, p_atoms, mode",
+    [
+        (2, 50.0, [0.2, 0.3, 0.5], "direct"),
+        (8, 30.0, [1e-9, 0.5, 0.5 - 1e-9], "direct"),  # peaked p, mass at the lowest reward
+        (65, 50.0, [0.6, 0.3, 0.1], "direct"),  # largest K summed directly
+        (66, 50.0, [0.6, 0.3, 0.1], "both"),
+        (300, 50.0, [0.001, 0.009, 0.99], "expm1"),
+        (300, 5.0, [0.3, 0.3, 0.4], "expm1"),
+    ],
+)
+def test_fast_paths_match_multinomial_sum(k, spread, p_atoms, mode):
+    # n = 3000 labels in blocks of 1024 points: the phi pass skips nodes per block (Taylor
+    # series below t w = 1, nothing above the cut, most blocks without mass) and the growth
+    # factors come from the Taylor tables in log w; every label is checked, with the
+    # formula for log phi that the static choice makes for this K (asserted).
+    from curax._maps import _laplace_growth, _phi_mode
+
+    n = 3000
+    r, p, atoms = _atoms_on_labels(k, n, spread, p_atoms)
+    nodes = curax.nodes_for_spread(spread)
+    assert _phi_mode((k,), nodes, jnp.float64) == mode
+    g = _laplace_growth(jnp.asarray(r)[None], jnp.asarray(p), (k,), nodes, table=True, windows=True)
+    w = np.exp(r - r.max())
+    expected = multinomial_growth(p[atoms], w[atoms], w, k)
+    np.testing.assert_allclose(np.asarray(g[0]), expected, rtol=1e-12, atol=0)
+    # Curated distribution: mass 1, as the exact map.
+    # (the dense two-formula rule gives the same 1.3e-13 at K = 300, peaked p).
+    assert abs(float(jnp.sum(jnp.asarray(p) * g[0])) - 1) <= 5e-13
+
+
+@pytest.mark.parametrize("ks", [(2, 8, 64), (300, 300, 300)])
+def test_fast_paths_match_dense_quadrature(ks, getkey):
+    # Grid rewards with random centres and curvatures (smooth: blocks see few nodes) and a
+    # random p: node skipping, the single-formula phi pass and the Taylor tables against the
+    # dense two-formula quadrature of the design notes, node for node the same rule.
+    from curax._maps import _laplace_growth
+
+    n = 5000
+    x = jnp.linspace(-1.0, 1.0, n)
+    c = jr.uniform(getkey(), (3, 1), minval=-1.0, maxval=1.0)
+    a = jr.uniform(getkey(), (3, 1), minval=1.0, maxval=12.0)
+    s = -a * (x[None, :] - c) ** 2
+    p = jr.dirichlet(getkey(), jnp.ones(n))
+    nodes = curax.nodes_for_spread(float(jnp.max(jnp.max(s, 1) - jnp.min(s, 1))))
+    fast = _laplace_growth(s, p, ks, nodes, table=True, windows=True)
+    dense = _laplace_growth(s, p, ks, nodes, phi_mode="both", table=False, windows=False)
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(dense), rtol=1e-12, atol=0)

@@ -1,4 +1,5 @@
 import abc
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,28 @@ _BLOCK_ELEMENTS = 2**19
 # Above this many multiples of K, the growth factor of a point far above the support's maximum
 # is K (1 - (K - 1) E_p[W] / W) to ~1e-14; below it the quadrature is exact.
 _ASYMPTOTIC_RATIO = 1e7
+# A node k whose phi_k^(K-1) is below exp(-(u_max + _RELEVANT_MARGIN)) changes no growth factor
+# by more than 1e-17 relative: H(x) / K >= w(x) / (w(x) + (K - 1) E_p[w]) (Jensen), while the
+# node's term is at most c_k phi_k^(K-1) t_k w(x) with t_k <= e^u_max / K, c_k <= 9, w <= e 1e7 K
+# (the asymptotic cap), summed over <= e^7 nodes: 39 + 2.2 + 17 + 7 nats.
+_RELEVANT_MARGIN = 65.0
+# Largest K - 1 for which phi = E_p[e^{-tw}] summed directly is accurate enough for
+# phi^(K-1): its relative error (a few eps) is multiplied by K - 1 (< 1e-13 at 64).
+_DIRECT_MAX_K1 = 64
+# Growth factors by Taylor tables in log w (float64): cells of width _CELL nats in log w,
+# polynomials of degree _DEGREE in the cell's variable, nodes with t_k w_c > _TAIL dropped.
+# Remainder <= x^(P+1)/(P+1)! e^(2x) with x = _TAIL (e^(_CELL/2) - 1) = 1.14: 3e-18 relative;
+# dropped nodes: 3 * 44 e^-44 < 2e-17 relative (the kernel's docstring has the argument).
+_CELL = 0.05
+_DEGREE = 20
+_TAIL = 45.0
+# Pass 1 in blocks of _WINDOW_POINTS consecutive points: per block and reward only the nodes
+# with _LOW < t_k w and t_k w_min <= the cut are summed point by point, _WINDOW nodes at a time;
+# below, a Taylor series of degree _DEGREE in t_k w (remainder < 1e-18 relative); above, the
+# terms are dropped (see `_phi_cut`).
+_WINDOW = 16
+_WINDOW_POINTS = 1024
+_LOW = 1.0
 
 
 def _exp_cap(dtype: Any) -> float:
@@ -97,28 +120,239 @@ def _tilt_weights(
 
 
 def _blocks(x: Array, size: int) -> Array:
-    """Split the last axis of `x` into blocks of `size` (zero-padded): (..., n) -> (b, ..., size)."""
+    """Split the last axis of `x` into zero-padded blocks: (..., n) -> (b, ..., size)."""
     n = x.shape[-1]
     nb = -(-n // size)
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, nb * size - n)])
     return jnp.moveaxis(x.reshape(*x.shape[:-1], nb, size), -2, 0)
 
 
+def _phi_mode(ks: tuple[int, ...], num_nodes: int, dtype: Any) -> str:
+    """How pass 1 forms log phi_k (static): one transcendental per node and point where one
+    formula is exact for every node that matters, both formulas otherwise.
+
+    - "direct": `log(sum p e^{-tw})`; its few-eps relative error is multiplied by K - 1.
+    - "expm1": `log1p(sum p expm1(-tw))`, exact where phi is near 1; where phi < 1/2 it loses
+      accuracy, but when (K - 1) log 2 >= u_max + margin such nodes have negligible
+      phi^(K-1) (see `_RELEVANT_MARGIN`).
+    - "both": the two sums, log1p where t E_p[w] < 1 (design notes, section 7).
+    """
+    if jnp.finfo(dtype).bits < 64:
+        return "both"
+    u_max = QUAD_U_MIN + (num_nodes - 1) * QUAD_STEP
+    if max(ks) - 1 <= _DIRECT_MAX_K1:
+        return "direct"
+    if (min(ks) - 1) * math.log(2.0) >= u_max + _RELEVANT_MARGIN:
+        return "expm1"
+    return "both"
+
+
+def _table_cells(ks: tuple[int, ...], num_nodes: int) -> tuple[float, int]:
+    """Top of the log-w grid of the Taylor tables (the asymptotic cap) and its cell count,
+    down to the smallest -log t_max over the rewards (below it one bottom cell expands
+    around w = 0)."""
+    top = math.log(_ASYMPTOTIC_RATIO * max(ks)) + 1.0
+    u_max = QUAD_U_MIN + (num_nodes - 1) * QUAD_STEP
+    bottom = -(u_max - math.exp(-u_max) - math.log(min(ks)))
+    return top, math.ceil((top - bottom) / _CELL) + 1
+
+
+def _use_table(ks: tuple[int, ...], num_nodes: int, n: int, dtype: Any, linear: bool) -> bool:
+    # Building the tables is ~(degree + 1) multiply-adds per cell and node, memory-bound;
+    # measured on 2 cores it pays once the points outnumber the table's coefficients twice
+    # (at n = 1e4 with ~1,000 cells the direct pass 2 was faster).
+    if jnp.finfo(dtype).bits < 64 or not linear:
+        return False
+    _, cells = _table_cells(ks, num_nodes)
+    return 2 * cells * (_DEGREE + 1) < n
+
+
+def _taylor_table(
+    a: Float[Array, "r q"],
+    t: Float[Array, "r q"],
+    log_tmax: Float[Array, " r"],
+    top: float,
+    cells: int,
+) -> Float[Array, "r c d"]:
+    """Coefficients D_j of H(x) / K = w sum_j zeta^j D_j, one row per cell of log w.
+
+    Regular cell c (centre w_c): zeta = w / w_c - 1, D_j = sum_k a_k t_k e^{-y_k} (-y_k)^j / j!
+    with y_k = t_k w_c (Taylor series of e^{-t_k w} around w_c), nodes with y_k > _TAIL
+    dropped. Last row (t_max w <= 1): zeta = t_max w,
+    D_j = (-1)^j / j! sum_k a_k t_k (t_k / t_max)^j.
+    """
+    log_wc = top - _CELL * (jnp.arange(cells, dtype=t.dtype) + 0.5)
+    y = t[:, None, :] * jnp.exp(log_wc)[None, :, None]  # (r, c, q)
+    keep = y <= _TAIL
+    yneg = jnp.where(keep, -y, 0.0)
+    at = a * t
+    term = jnp.where(keep, at[:, None, :] * jnp.exp(-jnp.minimum(y, _TAIL)), 0.0)
+    vneg = -t / jnp.exp(log_tmax)[:, None]  # (r, q), in [-1, 0)
+
+    # A scan over the degree materialises each power once (unrolled, XLA would fuse the
+    # whole product chain into every reduction: O(degree^2) work).
+    def step(carry, j):
+        term, bterm = carry
+        term = term * yneg / j
+        bterm = bterm * vneg / j
+        return (term, bterm), (jnp.sum(term, axis=-1), jnp.sum(bterm, axis=-1))
+
+    _, (cols, bcols) = lax.scan(step, (term, at), jnp.arange(1, _DEGREE + 1, dtype=t.dtype))
+    table = jnp.concatenate(
+        [jnp.sum(term, axis=-1)[..., None], jnp.moveaxis(cols, 0, -1)], axis=-1
+    )  # (r, c, d)
+    bcol = jnp.concatenate([jnp.sum(at, axis=-1)[:, None], bcols.T], axis=-1)  # (r, d)
+    return jnp.concatenate([table, bcol[:, None, :]], axis=1)
+
+
+def _table_growth(
+    table: Float[Array, "r c d"],
+    log_wq: Float[Array, "r n"],
+    log_tmax: Float[Array, " r"],
+    top: float,
+    cells: int,
+) -> Float[Array, "r n"]:
+    """H(x) / K from the Taylor tables: a cell index, a gather of _DEGREE + 1 coefficients and
+    a Horner sum per point and reward, in blocks of bounded memory."""
+    r, n = log_wq.shape
+    chunk = max(128, min(n, _BLOCK_ELEMENTS // (r * (_DEGREE + 1))))
+
+    def block(lw):
+        bottom = lw <= -log_tmax[:, None]
+        cell = jnp.clip(jnp.floor((top - lw) / _CELL), 0, cells - 1)
+        log_wc = top - _CELL * (cell + 0.5)
+        zeta = jnp.where(bottom, jnp.exp(lw + log_tmax[:, None]), jnp.expm1(lw - log_wc))
+        idx = jnp.where(bottom, cells, cell.astype(jnp.int32))
+        coef = jnp.take_along_axis(table, idx[:, :, None], axis=1)  # (r, chunk, d)
+        val = coef[:, :, _DEGREE]
+        for j in range(_DEGREE - 1, -1, -1):
+            val = val * zeta + coef[:, :, j]
+        return jnp.exp(lw) * val
+
+    h = lax.map(block, _blocks(log_wq, chunk))
+    return jnp.moveaxis(h, 0, -2).reshape(r, -1)[:, :n]
+
+
+def _phi_cut(ks: tuple[int, ...], num_nodes: int) -> float:
+    """Pairs with t_k w > this cut change phi_k by < e^-cut absolutely. Where phi_k^(K-1)
+    matters, phi_k >= exp(-(u_max + margin)) (`_RELEVANT_MARGIN`), so the relative change of
+    phi_k^(K-1) is below K e^(-cut + u_max + margin) < 1e-16."""
+    u_max = QUAD_U_MIN + (num_nodes - 1) * QUAD_STEP
+    return min(u_max + _RELEVANT_MARGIN + 37.0 + math.log(max(ks)), 740.0)
+
+
+def _phi_windowed(
+    log_wq: Float[Array, "r n"],
+    p: Float[Array, " n"],
+    t: Float[Array, "r q"],
+    mode: str,
+    cut: float,
+) -> Any:
+    """Pass 1 (the sums over the points of e^{-t_k w} and/or expm1(-t_k w) at every node)
+    skipping, per block of points and reward, the nodes where the block's terms are known
+    without an exponential each: a Taylor series in t_k w where t_k w <= _LOW for every point
+    of the block, nothing (or minus the block's mass, for the expm1 sum) where t_k w > cut for
+    every point with mass. For rewards that vary smoothly over the points (grids), a block
+    sees ~(log(cut) - log(_LOW)) / 0.3 + its own range of log w nodes, not Q."""
+    r, n = log_wq.shape
+    q = t.shape[1]
+    dtype = t.dtype
+    chunk = min(n, _WINDOW_POINTS)
+    log_t = jnp.log(t)
+    nodes = jnp.arange(q)
+    rounds = -(-q // _WINDOW)
+    fact = jnp.cumprod(
+        jnp.concatenate([jnp.ones(1, dtype), jnp.arange(1, _DEGREE + 1, dtype=dtype)])
+    )
+    want_exp = mode in ("direct", "both")
+    want_m1 = mode in ("expm1", "both")
+
+    def powers(x):  # (..., ) -> (..., d): x^j
+        ones = jnp.ones(x.shape + (1,), dtype)
+        rep = jnp.broadcast_to(x[..., None], x.shape + (_DEGREE,))
+        return jnp.concatenate([ones, jnp.cumprod(rep, axis=-1)], axis=-1)
+
+    def block(carry, blk):
+        lw, pb = blk  # (r, chunk), (chunk,)
+        on = (pb > 0)[None, :]
+        lmax = jnp.max(jnp.where(on, lw, -jnp.inf), axis=-1)
+        lmin = jnp.min(jnp.where(on, lw, jnp.inf), axis=-1)
+        empty = ~jnp.isfinite(lmax)
+        lmax = jnp.where(empty, 0.0, lmax)
+        lmin = jnp.where(empty, 0.0, lmin)
+        k_lo = jnp.where(empty, q, jnp.sum(log_t + lmax[:, None] <= math.log(_LOW), axis=-1))
+        k_hi = jnp.maximum(jnp.sum(log_t + lmin[:, None] <= math.log(cut), axis=-1), k_lo)
+        # Taylor part: sum_x p e^{-t w} = sum_j (-t w_max)^j / j! sum_x p (w / w_max)^j.
+        z = jnp.where(on, jnp.exp(lw - lmax[:, None]), 0.0)
+        mom = jnp.einsum("rcj,c->rj", powers(z), pb)  # (r, d)
+        # Clamped: only the low nodes (t w_max <= 1) use it, and the rest must not overflow.
+        y = jnp.minimum(t * jnp.exp(lmax)[:, None], _LOW)
+        coef = powers(-y) / fact[None, None, :]  # (r, q, d)
+        low = nodes[None, :] < k_lo[:, None]
+        high = nodes[None, :] >= k_hi[:, None]
+        taylor = jnp.einsum("rqj,rj->rq", coef[:, :, 1:], mom[:, 1:])
+        add_e = jnp.where(low, taylor + mom[:, :1], 0.0)
+        add_m = jnp.where(low, taylor, jnp.where(high, -mom[:, :1], 0.0))
+        w = jnp.exp(lw)
+        span = jnp.max(k_hi - k_lo)
+
+        def window(i, acc):
+            def run(acc):
+                idx = k_lo[:, None] + i * _WINDOW + jnp.arange(_WINDOW)[None, :]  # (r, L)
+                valid = idx < k_hi[:, None]
+                tl = jnp.where(valid, jnp.take_along_axis(t, jnp.minimum(idx, q - 1), axis=1), 0.0)
+                tw = tl[:, :, None] * w[:, None, :]
+                hot = ((idx[:, :, None] == nodes[None, None, :]) & valid[:, :, None]).astype(dtype)
+                out = []
+                if want_exp:
+                    v = jnp.sum(jnp.exp(-tw) * pb[None, None, :], axis=-1)
+                    out.append(acc[len(out)] + jnp.einsum("rl,rlq->rq", v, hot))
+                if want_m1:
+                    v = jnp.sum(jnp.expm1(-tw) * pb[None, None, :], axis=-1)
+                    out.append(acc[len(out)] + jnp.einsum("rl,rlq->rq", v, hot))
+                return tuple(out)
+
+            return lax.cond(i * _WINDOW < span, run, lambda acc: acc, acc)
+
+        acc = tuple(x for x, want in ((add_e, want_exp), (add_m, want_m1)) if want)
+        acc = lax.fori_loop(0, rounds, window, acc)
+        return tuple(c + a for c, a in zip(carry, acc)), None
+
+    zeros = jnp.zeros((r, q), dtype)
+    init = (zeros, zeros) if mode == "both" else (zeros,)
+    sums, _ = lax.scan(block, init, (_blocks(log_wq, chunk), _blocks(p, chunk)))
+    return sums if mode == "both" else sums[0]
+
+
 def _laplace_growth(
     s: Float[Array, "r n"],
     p: Float[Array, " n"],
-    k: Float[Array, " r"],
+    ks: tuple[int, ...],
     num_nodes: int,
+    *,
+    phi_mode: str | None = None,
+    table: bool | None = None,
+    windows: bool | None = None,
 ) -> Float[Array, "r n"]:
     """Exact finite-K growth factor H(x) = E[K w(x) / (w(x) + sum_{j<K} w(y_j))], y_j ~ p.
 
     Laplace identity 1/s = int_0^inf e^{-ts} dt:
     H(x) = K w(x) int_0^inf e^{-t w(x)} phi(t)^{K-1} dt with phi(t) = E_p[e^{-t w}], by a
-    double-exponential trapezoid rule in u (t = exp(-log K + u - e^{-u})), two passes of
-    O(r * Q * n) in blocks of bounded memory.
+    double-exponential trapezoid rule in u (t = exp(-log K + u - e^{-u})).
+
+    Pass 1 forms phi_k for all rewards and nodes at once, one transcendental per node and point
+    where a single formula is exact (`_phi_mode`), fused with its reduction over the points.
+    Pass 2 sums H(x) / K = sum_k a_k t_k w e^{-t_k w}, a_k = c_k phi_k^(K-1). As a function of
+    log w it is smooth, so when n is large against the node count it is tabulated exactly:
+    per cell of width 0.05 in log w a Taylor series of degree 20 (remainder < 1e-17
+    relative, every node's term being positive), nodes with t_k w_c > 45 dropped (a_k does
+    not increase with k and a node with t_j w in [e^-0.39, 1] exists, so they add < 2e-17
+    relative). The points then cost a gather and a Horner sum each instead of Q exponentials.
+    `phi_mode`, `table` and `windows` override the static choices (tests).
     """
     dtype = s.dtype
     r, n = s.shape
+    k = jnp.asarray(ks, dtype=dtype)
     spread = jnp.max(s, axis=-1) - jnp.min(s, axis=-1)
     covered = spread_for_nodes(num_nodes)
     # The checks hang on the small `k`: an error_if on the (r, n) rewards would copy them.
@@ -158,10 +392,12 @@ def _laplace_growth(
     # t * w in linear space is one multiply, but overflows/underflows float64 beyond ~600
     # nats of spread; there it is formed in log space (one more exp per node and point).
     linear = covered <= 600.0
+    mode = _phi_mode(ks, num_nodes, dtype) if phi_mode is None else phi_mode
+    use_table = _use_table(ks, num_nodes, n, dtype, linear) if table is None else table
     chunk = max(128, min(n, _BLOCK_ELEMENTS // max(1, r * num_nodes)))
     p_blocks = _blocks(p, chunk)  # (b, chunk)
+    t = jnp.exp(log_t)
     if linear:
-        t = jnp.exp(log_t)
         x_blocks = _blocks(jnp.exp(log_wq), chunk)  # (b, r, chunk)
 
         def times_w(xb):
@@ -173,32 +409,72 @@ def _laplace_growth(
         def times_w(xb):
             return jnp.exp(log_t[:, :, None] + xb[:, None, :])
 
-    # Pass 1: phi_k = E_p[e^{-t_k w}] and E_p[expm1(-t_k w)] for every node.
+    # Pass 1: the sums over the points fuse with the exponentials (no (r, Q, chunk) buffer
+    # goes through a matrix product).
     def pass1(carry, blk):
         xb, pb = blk
         tw = times_w(xb)
-        return (carry[0] + jnp.exp(-tw) @ pb, carry[1] + jnp.expm1(-tw) @ pb), None
+        if mode == "direct":
+            return carry + jnp.sum(jnp.exp(-tw) * pb[None, None, :], axis=-1), None
+        if mode == "expm1":
+            return carry + jnp.sum(jnp.expm1(-tw) * pb[None, None, :], axis=-1), None
+        return (
+            carry[0] + jnp.sum(jnp.exp(-tw) * pb[None, None, :], axis=-1),
+            carry[1] + jnp.sum(jnp.expm1(-tw) * pb[None, None, :], axis=-1),
+        ), None
 
     zeros = jnp.zeros((r, num_nodes), dtype)
-    (phi, phim1), _ = lax.scan(pass1, (zeros, zeros), (x_blocks, p_blocks))
-    # log phi two ways: log1p of the expm1 sum where t E[w] < 1 (phi near 1), the log of the
-    # direct sum elsewhere; either alone loses accuracy for peaked p or large K.
-    small = log_t + log_ew[:, None] < 0
-    log_phi = jnp.where(
-        small,
-        jnp.log1p(jnp.where(small, phim1, 0.0)),
+    tiny = jnp.finfo(dtype).tiny
+    init = (zeros, zeros) if mode == "both" else zeros
+    if windows is None:
+        windows = (
+            linear
+            and jnp.finfo(dtype).bits == 64
+            and n >= 2 * _WINDOW_POINTS
+            and num_nodes > 2 * _WINDOW
+        )
+    if windows:
+        sums = _phi_windowed(log_wq, p, t, mode, _phi_cut(ks, num_nodes))
+    else:
+        sums, _ = lax.scan(pass1, init, (x_blocks, p_blocks))
+    if mode == "direct":
         # phi underflows to 0 at the largest nodes; flooring it keeps log (and its
         # derivative) finite, and tiny ** (K - 1) is 0 all the same.
-        jnp.log(jnp.where(small, 1.0, jnp.maximum(phi, jnp.finfo(dtype).tiny))),
-    )
+        log_phi = jnp.log(jnp.maximum(sums, tiny))
+    elif mode == "expm1":
+        near = sums > -0.5
+        log_phi = jnp.where(
+            near,
+            jnp.log1p(jnp.where(near, sums, 0.0)),
+            jnp.log(jnp.maximum(1 + jnp.where(near, -0.5, sums), tiny)),
+        )
+    else:
+        phi, phim1 = sums
+        # log phi two ways: log1p of the expm1 sum where t E[w] < 1 (phi near 1), the log of
+        # the direct sum elsewhere; either alone loses accuracy for peaked p or large K.
+        small = log_t + log_ew[:, None] < 0
+        log_phi = jnp.where(
+            small,
+            jnp.log1p(jnp.where(small, phim1, 0.0)),
+            jnp.log(jnp.where(small, 1.0, jnp.maximum(phi, tiny))),
+        )
     a = c * jnp.exp((k[:, None] - 1) * log_phi)  # (r, Q)
 
     # Pass 2: H(x) = K sum_k a_k (t_k w(x)) e^{-t_k w(x)}.
-    def pass2(xb):
-        tw = times_w(xb)
-        return jnp.einsum("rq,rqc->rc", a, tw * jnp.exp(-tw))
+    if use_table:
+        top, cells = _table_cells(ks, num_nodes)
+        log_tmax = log_t[:, -1]
+        tab = _taylor_table(a, t, log_tmax, top, cells)
+        h = _table_growth(tab, jnp.minimum(log_wq, top - 1e-9), log_tmax, top, cells)
+    else:
 
-    h = jnp.moveaxis(lax.map(pass2, x_blocks), 0, -2).reshape(r, -1)[:, :n]
+        def pass2(xb):
+            # In log space t w overflows to inf at large nodes; capped, tw e^-tw is 0 there
+            # (not inf * 0).
+            tw = jnp.minimum(times_w(xb), 800.0)
+            return jnp.sum(a[:, :, None] * tw * jnp.exp(-tw), axis=1)
+
+        h = jnp.moveaxis(lax.map(pass2, x_blocks), 0, -2).reshape(r, -1)[:, :n]
     h = k[:, None] * h
     far = log_w >= log_far[:, None]
     asym = k[:, None] * (
@@ -225,8 +501,9 @@ def _grouped_growths(p: Array, problem: CurationProblem, mixed: bool) -> Array:
         parts.append(jnp.sum(alpha[idx]) * ones[0] if mixed else ones)
     if groups.finite:
         idx = jnp.array(groups.finite)
-        k = jnp.array([ks[i] for i in groups.finite], dtype=s.dtype)
-        h = _laplace_growth(s[idx], p, k, problem.quadrature_nodes)
+        h = _laplace_growth(
+            s[idx], p, tuple(ks[i] for i in groups.finite), problem.quadrature_nodes
+        )
         parts.append(alpha[idx] @ h if mixed else h)
     order = list(groups.infinite) + list(groups.one) + list(groups.finite)
     if mixed:
