@@ -128,6 +128,8 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
     drop_tol: float = 1e-13
     max_newton: int = 80
     patience: int = 8
+    dynamics_steps: int | None = None
+    warm_weight: float = 0.1
 
     def __check_init__(self):
         if self.num_add * len(self.stencil) > self.max_support:
@@ -157,6 +159,16 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             support = _FullSupportGrowth(growth)
         return growth, support
 
+    def _dynamics_steps(self, support: AbstractSupportGrowth, args: Any) -> int:
+        if self.dynamics_steps is not None:
+            return self.dynamics_steps
+        # Curation problems with a finite K have no potential; K = infinity (concave
+        # potential: the complementarity solution on the slots is unique) needs none.
+        if isinstance(support, _CurationSupportGrowth) and isinstance(args, CurationProblem):
+            if any(k is not None and k > 1 for k in args.ks):
+                return 200
+        return 0
+
     def _insert(self, g, idx, q, active, first: bool):
         """Put the best new candidates (local maxima of g with g > 1, plus stencil) into free
         slots with zero mass."""
@@ -179,7 +191,14 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
         earlier = jnp.tril(cand[:, None] == cand[None, :], k=-1)
         ok = ok & ~jnp.any(earlier & ok[None, :], axis=1)
         rank = jnp.cumsum(ok) - 1
-        free = jnp.nonzero(~active, size=slots, fill_value=slots)[0]
+        # Free slots first, then slots without mass, those with the smallest growth factor
+        # first: a point that held mass on an earlier pass stays available to the reduced
+        # problem (for finite K, without a potential, forgetting them lets the support cycle
+        # between single atoms). Slots with mass are never evicted.
+        priority = jnp.where(~active, -jnp.inf, jnp.where(q > self.drop_tol, jnp.inf, g[idx]))
+        order = jnp.argsort(priority)
+        evictable = jnp.sum(priority < jnp.inf)
+        free = jnp.where(jnp.arange(slots) < evictable, order, slots)
         slot = jnp.where(ok & (rank < slots), free[jnp.clip(rank, 0, slots - 1)], slots)
         del c
         idx = idx.at[slot].set(cand, mode="drop")
@@ -222,8 +241,21 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             return support(qq, idx, n, args)
 
         # Warm start pulled towards the centre: every active slot gets some mass.
-        q0 = jnp.where(a, 0.9 * q + 0.1 / num_active, 0.0)
+        q0 = jnp.where(a, (1 - self.warm_weight) * q + self.warm_weight / num_active, 0.0)
         q0 = q0 / jnp.sum(q0)
+        steps = self._dynamics_steps(support, args)
+        if steps > 0:
+            # The restricted dynamics from there: without a potential (finite K) the
+            # complementarity problem on the slots has several solutions, and the
+            # interior-point method would pick any of them; the dynamics pick the one that
+            # the dynamics reach, and the interior-point method then polishes it.
+            def dyn(_, qq):
+                qn = jnp.where(a, qq * gs(qq), 0.0)
+                return qn / jnp.sum(qn)
+
+            qd = lax.fori_loop(0, steps, dyn, q0)
+            q0 = jnp.where(a, (1 - 1e-3) * qd + 1e-3 / num_active, 0.0)
+            q0 = q0 / jnp.sum(q0)
         g0 = gs(q0)
         lam0 = jnp.array(1.0, dtype)
         z0 = jnp.where(a, jnp.maximum(lam0 - g0, 0.0) + 1e-2, 1.0)
@@ -342,7 +374,7 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             scaled_error(p, fp, self.rtol, self.atol, self.norm),
             jnp.maximum(gap, 0.0) / (self.atol + self.rtol),
         )
-        idx, q, active = self._insert(g, state.idx, q, keep, first=False)
+        idx, q, active = self._insert(g, state.idx, q, state.active, first=False)
         # Slots that held the same point twice (cannot happen after dedup, but a duplicate
         # would split mass harmlessly) are fine: p is built by scatter-add.
         per_newton = 0 if support.reduced else 1 + self.max_support
