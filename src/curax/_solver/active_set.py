@@ -99,9 +99,21 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
        `G > 1`, each with the neighbours `stencil` (index offsets), into free slots.
 
     It stops when `max(scaled fixed-point residual, gap / (atol + rtol)) < 1`. Map
-    evaluations per pass: 2 (plus, for a user's growth function, `1 + max_support` per
-    Newton iteration; for [`curax.curate`][] the reduced system is evaluated on the support
-    only, counted separately in `stats["num_support_evals"]`).
+    evaluations per pass: 2, plus the reduced solve's calls of the growth on the slots:
+    about 2 per Newton iteration (the reduced Jacobian is one batched call, `jax.jacfwd`,
+    i.e. `vmap` of a Jacobian-vector product over the slots; its arithmetic is that of
+    `max_support` evaluations done together). For a user's growth function every call
+    evaluates `G` on the full support and is counted in `stats["num_map_evals"]`; for
+    [`curax.curate`][] the reduced system is evaluated on the slots only (O(|S| Q)),
+    counted separately in `stats["num_support_evals"]`.
+
+    **Finite K.** Without a potential, the complementarity problem on the slots can have
+    several solutions, and single atoms (which no slot can invade) are among them. Before
+    the interior-point solve, `dynamics_steps` iterations of the dynamics restricted to the
+    slots (from the previous pass's point, mixed with `warm_weight` of the uniform
+    distribution on the slots) pick the solution that the dynamics reach; and slots that
+    lost their mass stay in the reduced problem until their place is needed (those with the
+    smallest growth factor go first), so that the support cannot cycle between atoms.
 
     **Growth factor.** Inside `optx.fixed_point` the map is closure-converted, so the solver
     cannot ask it for `G`: [`curax.fixed_point`][] passes it (in `options["growth"]`) when
@@ -356,13 +368,19 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             return (jnp.where(good, qn, qq), jnp.where(good, lamn, lam)), None
 
         (q1, _), _ = lax.scan(polish, (q1, lam1), None, length=3)
-        return q1, num + 3
+        # Calls of the support growth: the start (1), the dynamics, 2 per interior-point
+        # iteration (its Jacobian, one batched `jax.jacfwd` call, and the new point's G) and
+        # 3 per polish iteration.
+        calls = 1 + steps + 2 * num + 3 * 3
+        return q1, num + 3, calls
 
     def step(self, fn, y, args, options, state, tags):
         del tags
         growth, support = self._growths(options)
         n = y.shape[0]
-        q, num_inner = self._reduced_solve(support, state.idx, state.q, state.active, n, args)
+        q, num_inner, calls = self._reduced_solve(
+            support, state.idx, state.q, state.active, n, args
+        )
         keep = state.active & (q > self.drop_tol)
         q = jnp.where(keep, q, 0.0)
         q = q / jnp.sum(q)
@@ -377,7 +395,9 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
         idx, q, active = self._insert(g, state.idx, q, state.active, first=False)
         # Slots that held the same point twice (cannot happen after dedup, but a duplicate
         # would split mass harmlessly) are fine: p is built by scatter-add.
-        per_newton = 0 if support.reduced else 1 + self.max_support
+        # A user's growth function is evaluated on the full support by every call; a
+        # reduced one (curation problems) costs O(|S| Q) and is counted separately.
+        full_calls = 0 if support.reduced else calls
         new_state = _ActiveSetState(
             idx,
             q,
@@ -385,8 +405,8 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             error,
             gap,
             state.tracker.update(error),
-            state.num_map_evals + 2 + per_newton * num_inner,
-            state.num_support_evals + (1 + self.max_support) * num_inner + 1,
+            state.num_map_evals + 2 + full_calls,
+            state.num_support_evals + calls,
             state.num_inner + num_inner,
         )
         return p, new_state, aux
@@ -425,4 +445,10 @@ ActiveSetNewton.__init__.__doc__ = """**Arguments:**
 - `drop_tol`: slots whose mass falls below this leave the support.
 - `max_newton`: Newton iterations per reduced solve.
 - `patience`: passes without a new best error before the solve is declared stalled.
+- `dynamics_steps`: iterations of the restricted dynamics before each reduced solve (see
+    above); default `None`: 200 for [`curax.curate`][] problems with a finite K > 1, 0
+    otherwise (K = infinity and user maps, where each step would cost a full evaluation
+    of `G`; set it for a user map without a potential).
+- `warm_weight`: weight of the uniform distribution on the slots in the start of each
+    reduced solve.
 """
