@@ -292,18 +292,16 @@ def _active_set_solver(tol: float) -> ActiveSetNewton:
     return ActiveSetNewton(rtol=0.5 * tol, atol=0.5 * tol)
 
 
-def _finite_k(problem, p0, tol, max_steps, reference: bool):
-    """Finite K: the Newton method, and if it does not certify, accelerated dynamics and a
-    second Newton solve from where they stopped."""
-    if reference:
-        first_solver: Any = NewtonKrylov(rtol=0.5 * tol, atol=0.5 * tol)
+def _finite_k(problem, p0, tol, max_steps, method: Method):
+    """Finite K: the Newton method from `p0`; if its point does not certify, accelerated
+    dynamics from `p0` and the Newton method again from where they stopped. One loop of at
+    most two attempts, so that each solver is compiled once."""
+    if method == "squarem_newton":
+        newton: Any = NewtonKrylov(rtol=0.5 * tol, atol=0.5 * tol)
     else:
-        first_solver = _active_set_solver(tol)
-    sol1 = fixed_point(curate, first_solver, p0, problem, max_steps=max_steps, throw=False)
-    p1 = to_simplex(lax.stop_gradient(sol1.value))
-    evals1 = sol1.stats["num_map_evals"]
+        newton = _active_set_solver(tol)
 
-    def fallback(_):
+    def dynamics(_):
         dyn = fixed_point(
             curate,
             SQUAREM(rtol=tol, atol=tol),
@@ -312,20 +310,37 @@ def _finite_k(problem, p0, tol, max_steps, reference: bool):
             max_steps=_DYNAMICS_PER_STEP * max_steps,
             throw=False,
         )
-        start = to_simplex(dyn.value)
-        if reference:
-            second: Any = NewtonKrylov(rtol=0.5 * tol, atol=0.5 * tol)
-        else:
-            second = _active_set_solver(tol)
-        sol2 = fixed_point(curate, second, start, problem, max_steps=max_steps, throw=False)
-        p2 = to_simplex(lax.stop_gradient(sol2.value))
-        evals = dyn.stats["num_map_evals"] + sol2.stats["num_map_evals"]
-        return p2, sol2.result, evals, sol2.stats["num_steps"]
+        return to_simplex(lax.stop_gradient(dyn.value)), dyn.stats["num_map_evals"]
 
-    def keep(_):
-        return p1, sol1.result, jnp.zeros_like(evals1), jnp.zeros_like(sol1.stats["num_steps"])
+    def attempt(i):
+        start, evals = lax.cond(i == 0, lambda _: (p0, jnp.array(0)), dynamics, None)
+        sol = fixed_point(curate, newton, start, problem, max_steps=max_steps, throw=False)
+        p = to_simplex(lax.stop_gradient(sol.value))
+        cert, ok, finite = _certify(p, problem, method, tol)
+        return (
+            p,
+            sol.result,
+            cert,
+            ok,
+            finite,
+            evals + sol.stats["num_map_evals"],
+            sol.stats["num_steps"],
+        )
 
-    return sol1, p1, fallback, keep
+    def cond(carry):
+        i, *_, ok, _, _, _ = carry
+        return (i < 2) & ~ok
+
+    def body(carry):
+        i, _, _, _, _, _, evals, steps = carry
+        p, result, cert, ok, finite, e, st = attempt(i)
+        return i + 1, p, result, cert, ok, finite, evals + e, steps + st
+
+    shapes = jax.eval_shape(attempt, jnp.array(0))
+    zeros = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), shapes)
+    init = (jnp.array(0), *zeros)
+    i, p, result, cert, ok, finite, evals, steps = lax.while_loop(cond, body, init)
+    return p, result, cert, ok, finite, evals, steps, i > 1
 
 
 @eqx.filter_jit
@@ -355,14 +370,11 @@ def _stable_point(
         evals = sol.stats["num_map_evals"]
         steps = sol.stats["num_steps"]
     else:
-        reference = method == "squarem_newton"
-        sol1, p1, fallback, keep = _finite_k(problem, p0, tol, max_steps, reference)
-        _, ok1, _ = _certify(p1, problem, method, tol)
-        p, first, evals2, steps2 = lax.cond(ok1, keep, fallback, None)
-        evals = sol1.stats["num_map_evals"] + evals2
-        steps = sol1.stats["num_steps"] + steps2
-        fallback_used = ~ok1
-    cert, ok, finite = _certify(p, problem, method, tol)
+        p, first, cert, ok, finite, evals, steps, fallback_used = _finite_k(
+            problem, p0, tol, max_steps, method
+        )
+    if method in ("nash_solution", "mixing_fixed_point"):
+        cert, ok, finite = _certify(p, problem, method, tol)
     result = _fallback_result(first, ok, finite)
     if method in ("nash_solution", "active_set_newton"):
         radius = _support_radius(p, problem)
