@@ -20,6 +20,7 @@ def _pairwise_growth_k2(p, problem):
     return g
 
 
+@pytest.mark.slow
 def test_benchmark_k2_two_basin_certified():
     """The benchmark's finite-K case (two_basin K=2, n=1000): once stalled at gap 7e-2 (the
     support cycled between single atoms); now certified, checked by exact enumeration."""
