@@ -129,7 +129,8 @@ def stable_point(
         stable point's utilities `u* = E p*` are unique (`p*` itself is unique up to
         duplicate support points).
     - `tol`: keyword only, the certified FW gap (no reference data) or error bound (with
-        reference data). Default 1e-10.
+        reference data). Default 1e-10; at least `50 eps` (1.1e-14 in float64), below
+        which rounding in `G` would certify anything.
     - `max_steps`: keyword only, the step limit of the chosen method: passes over the
         rewards (`nash_solution`), Newton steps (`mixing_fixed_point`), active-set passes
         (`ActiveSetNewton`) or Newton-Krylov steps; the fallback dynamics run at most
@@ -180,6 +181,13 @@ def stable_point(
     method = stable_point_method(problem)
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"`tol` must be a positive float, got {tol!r}.")
+    floor = 50 * float(jnp.finfo(problem.rewards.dtype).eps)
+    if tol < floor:
+        # G ~ 1 is computed to a few ulps: a computed gap of -1e-16 "certifies" any tol.
+        raise ValueError(
+            f"`tol` must be at least {floor:.1e} for {problem.rewards.dtype} rewards (the "
+            f"growth factor and residual are only computed to rounding), got {tol!r}."
+        )
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
     n = problem.size
