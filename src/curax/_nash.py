@@ -808,28 +808,7 @@ def mixing_fixed_point(
     inf = jnp.array(jnp.inf, dtype)
     init = (y0, jnp.array(0), inf, certificate(y0), jnp.array(True), jnp.array(1))
     y, steps, dec, _, _, evals = jax.lax.while_loop(cond, body, init)
-    _, _, p, _ = parts(y)
-    p = p / jnp.sum(p)
-
-    # Polish in p: where (1 - rw) G(x) is close to 1, p ~ 1 / (1 - E^T y) loses digits to
-    # cancellation. Newton on the primal F(p) = (1 - rw) sum alpha log(E p) +
-    # rw sum p_ref log p - sum p (optimum on the simplex), whose Hessian is diagonal plus
-    # rank m: Woodbury, O(n m^2) per step.
-    def polish(p, _):
-        u = e @ p
-        ps = jnp.where(insupp, p, 1.0)
-        grad = jnp.where(insupp, eta * (_safe_ratio_nash(alpha, u) @ e) + rw * pref / ps - 1, 0.0)
-        dinv = jnp.where(insupp, ps**2 / (rw * jnp.where(insupp, pref, 1.0)), 0.0)
-        c = (jnp.sqrt(eta * alpha) / jnp.where(u > 0, u, 1.0))[:, None] * e
-        cd = c * dinv[None, :]
-        small = jnp.eye(m, dtype=dtype) + cd @ c.T
-        dp = dinv * grad - cd.T @ jnp.linalg.solve(small, cd @ grad)
-        new = jnp.where(insupp, p + dp, 0.0)
-        ok = jnp.all(new >= 0) & jnp.all(jnp.isfinite(new))
-        new = jnp.where(ok, new / jnp.sum(new), p)
-        return new, None
-
-    p, _ = jax.lax.scan(polish, p, None, length=2)
+    p = _mixing_polish(s, pref, alpha, rw, y)
     z = e @ p
     g = _safe_ratio_nash(alpha, z) @ e
     residual = jnp.max(jnp.abs(rw * pref + eta * p * g - p))
@@ -851,13 +830,98 @@ def mixing_fixed_point(
         "newton_decrement": dec,
         "num_steps": steps,
         "max_steps": jnp.array(max_steps),
-        # + the polish (2 passes each) and the final residual
-        "num_map_evals": evals + 5,
+        # + the polish (about 2 passes per step) and the final residual
+        "num_map_evals": evals + 2 * _POLISH_STEPS + 2,
         "max_growth_off_reference": off,
         "infinite_k_limit": jnp.array(any(k is not None for k in problem.ks)),
     }
     sol = Solution(value=p, result=result, aux=None, stats=stats, state=None)
     return throw_if_failed(sol, throw)
+
+
+# Newton steps of the root-based polish of the mixing fixed point.
+_POLISH_STEPS = 4
+
+
+def _mixing_polish(s: Array, pref: Array, alpha: Array, rw: Array, y: Array) -> Array:
+    """The mixing fixed point to full relative accuracy, from the dual solution `y`.
+
+    `p = rw p_ref / slack` with `slack = 1 - sum_i y_i w_i` loses digits to cancellation
+    where the slack is small (the peak of `p`: there `1 - slack ~ 1` and the relative error
+    of `p` is eps / slack, e.g. 1e-7 at slack 1e-9). Instead take the slack at the point
+    `x0` where it is smallest as an unknown `s0` and write
+    `slack(x) = s0 + sum_i y_i d_i(x)`, `d_i(x) = w_i(x0) - w_i(x)`, with
+    `d_i = w_i(x0) (-expm1(r_i(x) - r_i(x0)))` formed without cancellation. The m + 1
+    unknowns `(s0, y)` solve `y_i E_p[w_i] = (1 - rw) alpha_i` and `sum p = 1` (which together
+    imply `s0 = 1 - sum_i y_i w_i(x0)`), by Newton in O(n m^2) per step. For one reward,
+    `d >= 0` and every `slack(x)` is a sum of non-negative terms: `p` is accurate to a few
+    ulps everywhere (this is Wei et al.'s Prop. 3.8 with `Z - eta e^{r_max}` as the unknown).
+    """
+    dtype = s.dtype
+    m = s.shape[0]
+    eta = 1 - rw
+    on = alpha > 0
+    insupp = pref > 0
+    smax = jnp.max(s, axis=1, keepdims=True)
+    w = jnp.exp(s - smax)
+    slack = 1 - y @ w
+    x0 = jnp.argmin(jnp.where(insupp, slack, jnp.inf))
+    d = w[:, x0][:, None] * -jnp.expm1(s - s[:, x0][:, None])  # (m, n)
+    s0 = jnp.maximum(slack[x0], jnp.finfo(dtype).tiny)
+    rp = jnp.where(insupp, rw * pref, 0.0)
+    target = jnp.where(on, eta * alpha, 0.0)
+
+    def evaluate(s0, y):
+        sl = s0 + y @ d
+        ok = jnp.all(jnp.where(insupp, sl > 0, True)) & (s0 > 0)
+        sl = jnp.where(insupp & (sl > 0), sl, 1.0)
+        p = jnp.where(insupp, rp / sl, 0.0)
+        res = jnp.concatenate([jnp.where(on, y * (w @ p) - target, 0.0), (jnp.sum(p) - 1)[None]])
+        return p, sl, res, ok
+
+    def step(carry, _):
+        s0, y = carry
+        p, sl, res, _ = evaluate(s0, y)
+        dp = jnp.where(insupp, p / sl, 0.0)  # -dp/ds0; -dp/dy_i = dp * d_i
+        z = w @ p
+        # d res_i / d s0 = -y_i w_i . dp;  d res_i / d y_j = delta_ij z_i - y_i w_i . (dp d_j)
+        wd = (w * dp[None, :]) @ d.T  # (m, m): w_i . (dp d_j)
+        jac = jnp.zeros((m + 1, m + 1), dtype)
+        jac = jac.at[:m, 0].set(-y * (w @ dp))
+        jac = jac.at[:m, 1:].set(jnp.diag(z) - y[:, None] * wd)
+        jac = jac.at[m, 0].set(-jnp.sum(dp))
+        jac = jac.at[m, 1:].set(-(d @ dp))
+        keep = jnp.concatenate([jnp.array([True]), on])
+        jac = jnp.where(keep[:, None] & keep[None, :], jac, jnp.eye(m + 1, dtype=dtype))
+        delta = jnp.linalg.solve(jac, -res)
+        old = jnp.max(jnp.abs(res))
+
+        def try_step(t):
+            s1 = s0 + t * delta[0]
+            y1 = jnp.where(on, y + t * delta[1:], y)
+            _, _, r1, ok = evaluate(s1, y1)
+            return s1, y1, ok & (jnp.max(jnp.abs(r1)) <= old)
+
+        # Halve until the slack stays positive and the residual does not grow.
+        def ls_cond(c):
+            t, _, _, good, it = c
+            return ~good & (it < 30)
+
+        def ls_body(c):
+            t, _, _, _, it = c
+            t = 0.5 * t
+            s1, y1, good = try_step(t)
+            return t, s1, y1, good, it + 1
+
+        s1, y1, good = try_step(jnp.array(1.0, dtype))
+        _, s1, y1, good, _ = jax.lax.while_loop(
+            ls_cond, ls_body, (jnp.array(1.0, dtype), s1, y1, good, jnp.array(0))
+        )
+        return (jnp.where(good, s1, s0), jnp.where(good, y1, y)), None
+
+    (s0, y), _ = jax.lax.scan(step, (s0, y), None, length=_POLISH_STEPS)
+    p, _, _, _ = evaluate(s0, y)
+    return p / jnp.sum(p)
 
 
 _COMPARE_VERDICTS = ("stable", "marginal", "unstable", "not a fixed point")

@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, Float
 
 from ._fixed_point import fixed_point
 from ._maps import curate, mixed_growth
@@ -25,6 +25,8 @@ Method = Literal["nash_solution", "mixing_fixed_point", "active_set_newton", "sq
 _DYNAMICS_PER_STEP = 16
 # Arnoldi steps for the contraction-rate estimate of a finite-K map with reference data.
 _KRYLOV_DIM = 32
+# Support points (the heaviest) on which the Jacobian's spectral radius is computed densely.
+_RADIUS_SLOTS = 64
 
 
 def _has_reference(problem: CurationProblem) -> bool:
@@ -127,7 +129,8 @@ def stable_point(
         stable point's utilities `u* = E p*` are unique (`p*` itself is unique up to
         duplicate support points).
     - `tol`: keyword only, the certified FW gap (no reference data) or error bound (with
-        reference data). Default 1e-10.
+        reference data). Default 1e-10; at least `50 eps` (1.1e-14 in float64), below
+        which rounding in `G` would certify anything.
     - `max_steps`: keyword only, the step limit of the chosen method: passes over the
         rewards (`nash_solution`), Newton steps (`mixing_fixed_point`), active-set passes
         (`ActiveSetNewton`) or Newton-Krylov steps; the fallback dynamics run at most
@@ -145,8 +148,23 @@ def stable_point(
     certificate), `residual` (`max |f(p) - p|`), `error_bound` (`inf` without reference
     data), `contraction_rate` (`rho`, `nan` without reference data), `num_map_evals`
     (evaluations of the map or passes over the rewards, certificate included),
-    `support_size` (points with positive mass), `num_steps`, `max_steps` and
-    `fallback_used` (whether the first method did not certify and the fallback ran).
+    `support_size` (points with positive mass), `num_steps`, `max_steps`,
+    `fallback_used` (whether the first method did not certify and the fallback ran) and
+    `support_radius` (without reference data; `nan` with it): the spectral radius of the
+    map's Jacobian along the support (mass moved between support points; computed densely
+    on the 64 heaviest points).
+
+    !!! info "Stable against invasion vs. attracting"
+
+        The certificate says that no mass placed anywhere grows: `p` is an equilibrium of the
+        curation game that no point can invade. Whether the iterates of the dynamics
+        *converge* to it is a second question, answered by `support_radius`: below 1 they
+        do from nearby starts; above 1 they oscillate around it with growing amplitude. The
+        latter happens: for K = 2 the growth factor is `G = 1 + B p` with `B` antisymmetric
+        (`sigma(d) + sigma(-d) = 1`), a zero-sum game, whose discrete replicator dynamics
+        spiral away from a mixed equilibrium and only their time averages converge to it.
+        Near-duplicate support points (neighbours on a fine grid) give radii within ~1e-8
+        of 1 either way.
 
     This function is `jit`- and `vmap`-able (e.g. `jax.vmap` over weights or rewards of
     problems with the same shapes); the method is static.
@@ -163,6 +181,13 @@ def stable_point(
     method = stable_point_method(problem)
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"`tol` must be a positive float, got {tol!r}.")
+    floor = 50 * float(jnp.finfo(problem.rewards.dtype).eps)
+    if tol < floor:
+        # G ~ 1 is computed to a few ulps: a computed gap of -1e-16 "certifies" any tol.
+        raise ValueError(
+            f"`tol` must be at least {floor:.1e} for {problem.rewards.dtype} rewards (the "
+            f"growth factor and residual are only computed to rounding), got {tol!r}."
+        )
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
     n = problem.size
@@ -182,6 +207,27 @@ def stable_point(
         throw=throw,
         grid_shape=grid_shape,
     )
+
+
+def _support_radius(p: Array, problem: CurationProblem) -> Array:
+    """Spectral radius of the map's Jacobian on the tangent space of the support of `p` (the
+    `_RADIUS_SLOTS` heaviest points), from the dense Jacobian of the map restricted to them:
+    O(slots^2 Q), no evaluation on the full support."""
+    slots = min(_RADIUS_SLOTS, p.shape[0])
+    mass, idx = lax.top_k(p, slots)
+    on = mass > 0
+    onf = on.astype(p.dtype)
+    sub = problem.map_points(lambda a: a[..., idx])
+
+    def restricted(q):
+        q = q / jnp.sum(q)
+        return jnp.where(on, q * mixed_growth(q, sub), 0.0)
+
+    jac = jax.jacfwd(restricted)(jnp.where(on, mass, 0.0))
+    count = jnp.maximum(jnp.sum(onf), 1.0)
+    proj = jnp.diag(onf) - onf[:, None] * onf[None, :] / count
+    eig = jnp.linalg.eigvals(proj @ jac @ proj)
+    return jnp.where(jnp.sum(onf) > 1, jnp.max(jnp.abs(eig)), 0.0)
 
 
 def _no_reference_certificate(p: Array, problem: CurationProblem) -> dict[str, Array]:
@@ -245,9 +291,7 @@ def _certify(p: Array, problem: CurationProblem, method: Method, tol: float) -> 
 def _fallback_result(first: RESULTS, ok: Array, finite: Array) -> RESULTS:
     """Without a certificate: keep the method's own failure code, or `certificate_failed`
     where it claimed success."""
-    failed = RESULTS.where(
-        first == RESULTS.successful, RESULTS.certificate_failed, first
-    )
+    failed = RESULTS.where(first == RESULTS.successful, RESULTS.certificate_failed, first)
     failed = RESULTS.where(finite, failed, RESULTS.nonfinite)
     return RESULTS.where(ok, RESULTS.successful, failed)
 
@@ -256,18 +300,16 @@ def _active_set_solver(tol: float) -> ActiveSetNewton:
     return ActiveSetNewton(rtol=0.5 * tol, atol=0.5 * tol)
 
 
-def _finite_k(problem, p0, tol, max_steps, reference: bool):
-    """Finite K: the Newton method, and if it does not certify, accelerated dynamics and a
-    second Newton solve from where they stopped."""
-    if reference:
-        first_solver: Any = NewtonKrylov(rtol=0.5 * tol, atol=0.5 * tol)
+def _finite_k(problem, p0, tol, max_steps, method: Method):
+    """Finite K: the Newton method from `p0`; if its point does not certify, accelerated
+    dynamics from `p0` and the Newton method again from where they stopped. One loop of at
+    most two attempts, so that each solver is compiled once."""
+    if method == "squarem_newton":
+        newton: Any = NewtonKrylov(rtol=0.5 * tol, atol=0.5 * tol)
     else:
-        first_solver = _active_set_solver(tol)
-    sol1 = fixed_point(curate, first_solver, p0, problem, max_steps=max_steps, throw=False)
-    p1 = to_simplex(lax.stop_gradient(sol1.value))
-    evals1 = sol1.stats["num_map_evals"]
+        newton = _active_set_solver(tol)
 
-    def fallback(_):
+    def dynamics(_):
         dyn = fixed_point(
             curate,
             SQUAREM(rtol=tol, atol=tol),
@@ -276,20 +318,37 @@ def _finite_k(problem, p0, tol, max_steps, reference: bool):
             max_steps=_DYNAMICS_PER_STEP * max_steps,
             throw=False,
         )
-        start = to_simplex(dyn.value)
-        if reference:
-            second: Any = NewtonKrylov(rtol=0.5 * tol, atol=0.5 * tol)
-        else:
-            second = _active_set_solver(tol)
-        sol2 = fixed_point(curate, second, start, problem, max_steps=max_steps, throw=False)
-        p2 = to_simplex(lax.stop_gradient(sol2.value))
-        evals = dyn.stats["num_map_evals"] + sol2.stats["num_map_evals"]
-        return p2, sol2.result, evals, sol2.stats["num_steps"]
+        return to_simplex(lax.stop_gradient(dyn.value)), dyn.stats["num_map_evals"]
 
-    def keep(_):
-        return p1, sol1.result, jnp.zeros_like(evals1), jnp.zeros_like(sol1.stats["num_steps"])
+    def attempt(i):
+        start, evals = lax.cond(i == 0, lambda _: (p0, jnp.array(0)), dynamics, None)
+        sol = fixed_point(curate, newton, start, problem, max_steps=max_steps, throw=False)
+        p = to_simplex(lax.stop_gradient(sol.value))
+        cert, ok, finite = _certify(p, problem, method, tol)
+        return (
+            p,
+            sol.result,
+            cert,
+            ok,
+            finite,
+            evals + sol.stats["num_map_evals"],
+            sol.stats["num_steps"],
+        )
 
-    return sol1, p1, fallback, keep
+    def cond(carry):
+        i, *_, ok, _, _, _ = carry
+        return (i < 2) & ~ok
+
+    def body(carry):
+        i, _, _, _, _, _, evals, steps = carry
+        p, result, cert, ok, finite, e, st = attempt(i)
+        return i + 1, p, result, cert, ok, finite, evals + e, steps + st
+
+    shapes = jax.eval_shape(attempt, jnp.array(0))
+    zeros = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), shapes)
+    init = (jnp.array(0), *zeros)
+    i, p, result, cert, ok, finite, evals, steps = lax.while_loop(cond, body, init)
+    return p, result, cert, ok, finite, evals, steps, i > 1
 
 
 @eqx.filter_jit
@@ -319,17 +378,19 @@ def _stable_point(
         evals = sol.stats["num_map_evals"]
         steps = sol.stats["num_steps"]
     else:
-        reference = method == "squarem_newton"
-        sol1, p1, fallback, keep = _finite_k(problem, p0, tol, max_steps, reference)
-        _, ok1, _ = _certify(p1, problem, method, tol)
-        p, first, evals2, steps2 = lax.cond(ok1, keep, fallback, None)
-        evals = sol1.stats["num_map_evals"] + evals2
-        steps = sol1.stats["num_steps"] + steps2
-        fallback_used = ~ok1
-    cert, ok, finite = _certify(p, problem, method, tol)
+        p, first, cert, ok, finite, evals, steps, fallback_used = _finite_k(
+            problem, p0, tol, max_steps, method
+        )
+    if method in ("nash_solution", "mixing_fixed_point"):
+        cert, ok, finite = _certify(p, problem, method, tol)
     result = _fallback_result(first, ok, finite)
+    if method in ("nash_solution", "active_set_newton"):
+        radius = _support_radius(p, problem)
+    else:
+        radius = jnp.array(jnp.nan, p.dtype)
     stats = {
         **cert,
+        "support_radius": radius,
         # + the certificate's own evaluation of the map
         "num_map_evals": jnp.asarray(evals) + 1,
         "support_size": jnp.sum(p > 0),
@@ -340,4 +401,3 @@ def _stable_point(
     stats = {k: jnp.asarray(v) for k, v in stats.items()}
     out = Solution(value=p, result=result, aux=None, stats=stats, state=None)
     return throw_if_failed(out, throw)
-

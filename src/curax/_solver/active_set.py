@@ -99,9 +99,21 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
        `G > 1`, each with the neighbours `stencil` (index offsets), into free slots.
 
     It stops when `max(scaled fixed-point residual, gap / (atol + rtol)) < 1`. Map
-    evaluations per pass: 2 (plus, for a user's growth function, `1 + max_support` per
-    Newton iteration; for [`curax.curate`][] the reduced system is evaluated on the support
-    only, counted separately in `stats["num_support_evals"]`).
+    evaluations per pass: 2, plus the reduced solve's calls of the growth on the slots:
+    about 2 per Newton iteration (the reduced Jacobian is one batched call, `jax.jacfwd`,
+    i.e. `vmap` of a Jacobian-vector product over the slots; its arithmetic is that of
+    `max_support` evaluations done together). For a user's growth function every call
+    evaluates `G` on the full support and is counted in `stats["num_map_evals"]`; for
+    [`curax.curate`][] the reduced system is evaluated on the slots only (O(|S| Q)),
+    counted separately in `stats["num_support_evals"]`.
+
+    **Finite K.** Without a potential, the complementarity problem on the slots can have
+    several solutions, and single atoms (which no slot can invade) are among them. Before
+    the interior-point solve, `dynamics_steps` iterations of the dynamics restricted to the
+    slots (from the previous pass's point, mixed with `warm_weight` of the uniform
+    distribution on the slots) pick the solution that the dynamics reach; and slots that
+    lost their mass stay in the reduced problem until their place is needed (those with the
+    smallest growth factor go first), so that the support cannot cycle between atoms.
 
     **Growth factor.** Inside `optx.fixed_point` the map is closure-converted, so the solver
     cannot ask it for `G`: [`curax.fixed_point`][] passes it (in `options["growth"]`) when
@@ -128,6 +140,8 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
     drop_tol: float = 1e-13
     max_newton: int = 80
     patience: int = 8
+    dynamics_steps: int | None = None
+    warm_weight: float = 0.1
 
     def __check_init__(self):
         if self.num_add * len(self.stencil) > self.max_support:
@@ -157,6 +171,16 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             support = _FullSupportGrowth(growth)
         return growth, support
 
+    def _dynamics_steps(self, support: AbstractSupportGrowth, args: Any) -> int:
+        if self.dynamics_steps is not None:
+            return self.dynamics_steps
+        # Curation problems with a finite K have no potential; K = infinity (concave
+        # potential: the complementarity solution on the slots is unique) needs none.
+        if isinstance(support, _CurationSupportGrowth) and isinstance(args, CurationProblem):
+            if any(k is not None and k > 1 for k in args.ks):
+                return 200
+        return 0
+
     def _insert(self, g, idx, q, active, first: bool):
         """Put the best new candidates (local maxima of g with g > 1, plus stencil) into free
         slots with zero mass."""
@@ -179,7 +203,14 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
         earlier = jnp.tril(cand[:, None] == cand[None, :], k=-1)
         ok = ok & ~jnp.any(earlier & ok[None, :], axis=1)
         rank = jnp.cumsum(ok) - 1
-        free = jnp.nonzero(~active, size=slots, fill_value=slots)[0]
+        # Free slots first, then slots without mass, those with the smallest growth factor
+        # first: a point that held mass on an earlier pass stays available to the reduced
+        # problem (for finite K, without a potential, forgetting them lets the support cycle
+        # between single atoms). Slots with mass are never evicted.
+        priority = jnp.where(~active, -jnp.inf, jnp.where(q > self.drop_tol, jnp.inf, g[idx]))
+        order = jnp.argsort(priority)
+        evictable = jnp.sum(priority < jnp.inf)
+        free = jnp.where(jnp.arange(slots) < evictable, order, slots)
         slot = jnp.where(ok & (rank < slots), free[jnp.clip(rank, 0, slots - 1)], slots)
         del c
         idx = idx.at[slot].set(cand, mode="drop")
@@ -222,8 +253,21 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             return support(qq, idx, n, args)
 
         # Warm start pulled towards the centre: every active slot gets some mass.
-        q0 = jnp.where(a, 0.9 * q + 0.1 / num_active, 0.0)
+        q0 = jnp.where(a, (1 - self.warm_weight) * q + self.warm_weight / num_active, 0.0)
         q0 = q0 / jnp.sum(q0)
+        steps = self._dynamics_steps(support, args)
+        if steps > 0:
+            # The restricted dynamics from there: without a potential (finite K) the
+            # complementarity problem on the slots has several solutions, and the
+            # interior-point method would pick any of them; the dynamics pick the one that
+            # the dynamics reach, and the interior-point method then polishes it.
+            def dyn(_, qq):
+                qn = jnp.where(a, qq * gs(qq), 0.0)
+                return qn / jnp.sum(qn)
+
+            qd = lax.fori_loop(0, steps, dyn, q0)
+            q0 = jnp.where(a, (1 - 1e-3) * qd + 1e-3 / num_active, 0.0)
+            q0 = q0 / jnp.sum(q0)
         g0 = gs(q0)
         lam0 = jnp.array(1.0, dtype)
         z0 = jnp.where(a, jnp.maximum(lam0 - g0, 0.0) + 1e-2, 1.0)
@@ -324,13 +368,19 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             return (jnp.where(good, qn, qq), jnp.where(good, lamn, lam)), None
 
         (q1, _), _ = lax.scan(polish, (q1, lam1), None, length=3)
-        return q1, num + 3
+        # Calls of the support growth: the start (1), the dynamics, 2 per interior-point
+        # iteration (its Jacobian, one batched `jax.jacfwd` call, and the new point's G) and
+        # 3 per polish iteration.
+        calls = 1 + steps + 2 * num + 3 * 3
+        return q1, num + 3, calls
 
     def step(self, fn, y, args, options, state, tags):
         del tags
         growth, support = self._growths(options)
         n = y.shape[0]
-        q, num_inner = self._reduced_solve(support, state.idx, state.q, state.active, n, args)
+        q, num_inner, calls = self._reduced_solve(
+            support, state.idx, state.q, state.active, n, args
+        )
         keep = state.active & (q > self.drop_tol)
         q = jnp.where(keep, q, 0.0)
         q = q / jnp.sum(q)
@@ -342,10 +392,12 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             scaled_error(p, fp, self.rtol, self.atol, self.norm),
             jnp.maximum(gap, 0.0) / (self.atol + self.rtol),
         )
-        idx, q, active = self._insert(g, state.idx, q, keep, first=False)
+        idx, q, active = self._insert(g, state.idx, q, state.active, first=False)
         # Slots that held the same point twice (cannot happen after dedup, but a duplicate
         # would split mass harmlessly) are fine: p is built by scatter-add.
-        per_newton = 0 if support.reduced else 1 + self.max_support
+        # A user's growth function is evaluated on the full support by every call; a
+        # reduced one (curation problems) costs O(|S| Q) and is counted separately.
+        full_calls = 0 if support.reduced else calls
         new_state = _ActiveSetState(
             idx,
             q,
@@ -353,8 +405,8 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             error,
             gap,
             state.tracker.update(error),
-            state.num_map_evals + 2 + per_newton * num_inner,
-            state.num_support_evals + (1 + self.max_support) * num_inner + 1,
+            state.num_map_evals + 2 + full_calls,
+            state.num_support_evals + calls,
             state.num_inner + num_inner,
         )
         return p, new_state, aux
@@ -393,4 +445,10 @@ ActiveSetNewton.__init__.__doc__ = """**Arguments:**
 - `drop_tol`: slots whose mass falls below this leave the support.
 - `max_newton`: Newton iterations per reduced solve.
 - `patience`: passes without a new best error before the solve is declared stalled.
+- `dynamics_steps`: iterations of the restricted dynamics before each reduced solve (see
+    above); default `None`: 200 for [`curax.curate`][] problems with a finite K > 1, 0
+    otherwise (K = infinity and user maps, where each step would cost a full evaluation
+    of `G`; set it for a user map without a potential).
+- `warm_weight`: weight of the uniform distribution on the slots in the start of each
+    reduced solve.
 """
