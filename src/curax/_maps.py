@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from ._problem import (
     check_concrete_distribution,
@@ -554,11 +554,11 @@ class AbstractReplicatorMap(eqx.Module):
     """
 
     @abc.abstractmethod
-    def growth(self, p: Float[Array, " n"], args: PyTree) -> Float[Array, " n"]:
+    def growth(self, p: Float[ArrayLike, " n"], args: PyTree) -> Float[Array, " n"]:
         """The growth factor `G(p)`, shape `(n,)`."""
 
     @abc.abstractmethod
-    def __call__(self, p: Float[Array, " n"], args: PyTree) -> Float[Array, " n"]:
+    def __call__(self, p: Float[ArrayLike, " n"], args: PyTree) -> Float[Array, " n"]:
         """The next distribution."""
 
 
@@ -566,7 +566,7 @@ class CurationMap(AbstractReplicatorMap):
     """One retraining round of a [`curax.CurationProblem`][]; the object behind
     [`curax.curate`][]. Call it as `curax.curate(p, problem)`."""
 
-    def growth(self, p: Float[Array, " n"], args: CurationProblem) -> Float[Array, " n"]:
+    def growth(self, p: Float[ArrayLike, " n"], args: CurationProblem) -> Float[Array, " n"]:
         """Growth factor `G(p) = sum_i alpha_i G_i(p)` of the curation step (before mixing in
         reference data), shape `(n,)`: the curated distribution is `p * G(p)`. At a stable
         fixed point without reference data, `G <= 1` everywhere with equality on the support.
@@ -574,7 +574,7 @@ class CurationMap(AbstractReplicatorMap):
         _check_p(p, args)
         return _growth(p, args)
 
-    def __call__(self, p: Float[Array, " n"], args: CurationProblem) -> Float[Array, " n"]:
+    def __call__(self, p: Float[ArrayLike, " n"], args: CurationProblem) -> Float[Array, " n"]:
         """One retraining round: `p -> reference_weight * reference +
         (1 - reference_weight) * p * G(p)`.
 
@@ -615,10 +615,10 @@ class ReplicatorMap(AbstractReplicatorMap):
 
     growth_fn: Callable[[Array, PyTree], Array]
 
-    def growth(self, p: Float[Array, " n"], args: PyTree) -> Float[Array, " n"]:
+    def growth(self, p: Float[ArrayLike, " n"], args: PyTree) -> Float[Array, " n"]:
         return self.growth_fn(p, args)
 
-    def __call__(self, p: Float[Array, " n"], args: PyTree) -> Float[Array, " n"]:
+    def __call__(self, p: Float[ArrayLike, " n"], args: PyTree) -> Float[Array, " n"]:
         return p * self.growth_fn(p, args)
 
 
@@ -635,7 +635,7 @@ optimistix's `fn(y, args)`, so it can be handed to any fixed-point solver.
 """
 
 
-def growth(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, " n"]:
+def growth(p: Float[ArrayLike, " n"], problem: CurationProblem) -> Float[Array, " n"]:
     """Growth factor `G(p)` of one curation round (see [`curax.CurationMap.growth`][]).
 
     **Arguments:**
@@ -658,7 +658,7 @@ def growth(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, " n"
 
 
 def trajectory(
-    p0: Float[Array, " n"], problem: CurationProblem, rounds: int
+    p0: Float[ArrayLike, " n"], problem: CurationProblem, rounds: int
 ) -> Float[Array, "steps n"]:
     """Run the dynamics for `rounds` retraining rounds (a `lax.scan`).
 
@@ -699,7 +699,7 @@ def _trajectory(p0: Array, problem: CurationProblem, rounds: int) -> Array:
     return jnp.concatenate([p0[None], ps], axis=0)
 
 
-def expected_exp_rewards(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, " m"]:
+def expected_exp_rewards(p: Float[ArrayLike, " n"], problem: CurationProblem) -> Float[Array, " m"]:
     """`log u_i = log E_p[exp(r_i / tau)]` for each reward, computed stably.
 
     **Arguments:**
@@ -727,7 +727,7 @@ def _expected_exp_rewards(p: Array, problem: CurationProblem) -> Array:
     return jax.nn.logsumexp(problem.scaled_rewards, b=p[None, :], axis=-1)
 
 
-def potential(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, ""]:
+def potential(p: Float[ArrayLike, " n"], problem: CurationProblem) -> Float[Array, ""]:
     """The log Nash product `Phi(p) = sum_i alpha_i log E_p[exp(r_i / tau)]`.
 
     Concave; non-decreasing along the K -> infinity dynamics without reference data, and
@@ -758,7 +758,7 @@ def _potential(p: Array, problem: CurationProblem) -> Array:
     return problem.weights @ _expected_exp_rewards(p, problem)
 
 
-def fw_gap(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array, ""]:
+def fw_gap(p: Float[ArrayLike, " n"], problem: CurationProblem) -> Float[Array, ""]:
     """The Frank-Wolfe / KKT gap `max_x G(x) - 1` of `p`, with `G` the problem's growth
     factor (reference data ignored).
 
