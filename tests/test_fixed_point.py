@@ -186,19 +186,23 @@ def test_max_steps_reached(nash_problem):
         )
 
 
-def test_newton_krylov_spurious_point_flagged(nash_problem):
-    # Started near a vertex, Newton converges to a fixed point on a face that is not stable.
+def test_newton_krylov_near_vertex_is_honest(nash_problem):
+    # Started near a vertex, Newton's method may converge to a fixed point on a face that is
+    # not stable; NewtonKrylov takes accelerated steps first, which usually avoid it. Either
+    # way the answer must be honest: certified stable, or flagged unstable.
     n = nash_problem.size
     p0 = 0.97 * jnp.zeros(n).at[n // 4].set(1.0) + 0.03 / n
     sol = curax.fixed_point(
         curax.curate, curax.NewtonKrylov(1e-10, 1e-10), p0, nash_problem, throw=False
     )
-    assert sol.result == curax.RESULTS.unstable_fixed_point
+    assert sol.result in (curax.RESULTS.successful, curax.RESULTS.unstable_fixed_point)
     assert float(sol.stats["residual"]) <= 1e-9
-    assert float(sol.stats["fw_gap"]) > 1e-3
-    assert curax.stability(sol.value, nash_problem).verdict == "unstable"
-    with pytest.raises(Exception, match="not stable"):
-        curax.fixed_point(curax.curate, curax.NewtonKrylov(1e-10, 1e-10), p0, nash_problem)
+    verdict = curax.stability(sol.value, nash_problem).verdict
+    if sol.result == curax.RESULTS.successful:
+        assert float(curax.fw_gap(sol.value, nash_problem)) <= 2e-10
+        assert verdict == "stable"
+    else:
+        assert verdict == "unstable"
 
 
 def test_vertex_start_is_spurious(nash_problem):

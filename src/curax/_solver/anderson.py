@@ -16,6 +16,7 @@ from ._misc import (
     real_dtype,
     tree_allfinite,
     tree_sub,
+    tree_sum_squares,
     tree_where,
 )
 
@@ -173,6 +174,11 @@ class Anderson(AbstractGeneralSolver[Y, Aux, _AndersonState]):
 
         gram = _gram(dq, dq, m)
         rdtype = real_dtype(y)
+        # A difference of residuals at rounding level is noise, not a secant: dropping it
+        # keeps the mixing from extrapolating by ~1/eps (e.g. `y -> y + c`, whose residual
+        # never changes, would be "solved" at |y| ~ 1e15 where y + c rounds to y).
+        noise = (1e4 * jnp.finfo(rdtype).eps) ** 2 * (tree_sum_squares(y) + tree_sum_squares(q))
+        filled = filled & (jnp.real(jnp.diagonal(gram)) > noise)
         mask = filled[:, None] & filled[None, :]
         gram = jnp.where(mask, gram, 0.0)
         diag = jnp.real(jnp.diagonal(gram))
