@@ -62,12 +62,16 @@ from ._stable_point import (
 )
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solver import (
+    AbstractConstraint as AbstractConstraint,
+    AbstractGeneralSolver as AbstractGeneralSolver,
     ActiveSetNewton as ActiveSetNewton,
     Anderson as Anderson,
     DampedIteration as DampedIteration,
     NewtonKrylov as NewtonKrylov,
     PlainIteration as PlainIteration,
+    Simplex as Simplex,
     SQUAREM as SQUAREM,
+    Unconstrained as Unconstrained,
 )
 from ._stability import (
     stability as stability,
