@@ -82,6 +82,9 @@ TARGET = 1e-8  # true relative max-norm error to reach
 TOL = 1e-8  # every solver's own tolerance in the claim run
 SLACK = 10.0  # claimed success with err > SLACK * TARGET is a wrong success
 PLAIN = "optx FixedPointIteration"
+# The reach run gives up when the true error has not improved by 0.1% for this many steps
+# (e.g. an iterate stuck on the wrong set); 500 steps of a 0.99-contraction shrink it by 150x.
+STALL_STEPS = 500
 
 
 # --------------------------------------------------------------------------------------
@@ -96,11 +99,14 @@ class Spec:
     make: Callable[[float, float], Any] | None = None  # (rtol, atol) -> solver
     curax: bool = False
     evals_per_step: int = 1  # for the claim run's max_steps
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # jaxopt keywords
+    default: bool = True  # in the default set (others: select with --solvers)
 
 
 def _curax(name: str, evals_per_step: int = 1, **kw: Any) -> Spec:
     cls = getattr(curax, name)
-    label = name + ("(%s)" % ", ".join(f"{k}={v}" for k, v in kw.items()) if kw else "")
+    args = ", ".join(f"{k}={v}" for k, v in kw.items())
+    label = f"{name}({args})" if kw else name
     return Spec(
         "curax " + label,
         "optx",
@@ -119,6 +125,9 @@ def solver_specs() -> list[Spec]:
         _curax("Anderson"),
         _curax("NewtonKrylov", evals_per_step=10),
         Spec("jaxopt Anderson", "jaxopt"),
+        # jaxopt's ridge (1e-5) is absolute: it dominates the Gram matrix once residuals are
+        # small. Opt-in, as a stronger competitor than the defaults a user gets.
+        Spec("jaxopt Anderson(ridge=1e-12)", "jaxopt", options={"ridge": 1e-12}, default=False),
         Spec("scipy fixed_point (del2)", "scipy", evals_per_step=2),
     ]
 
@@ -134,13 +143,14 @@ def configure(solver: Any, problem: GP.Problem) -> Any:
     return solver
 
 
-def _jaxopt_anderson(fn: Callable, tol: float, maxiter: int) -> Any:
+def _jaxopt_anderson(fn: Callable, tol: float, maxiter: int, **options: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import jaxopt
 
+    options = {"history_size": 5, **options}
     return jaxopt.AndersonAcceleration(
-        fixed_point_fun=fn, history_size=5, maxiter=maxiter, tol=tol, implicit_diff=False
+        fixed_point_fun=fn, maxiter=maxiter, tol=tol, implicit_diff=False, **options
     )
 
 
@@ -197,25 +207,34 @@ def reach_optx(spec: Spec, problem: GP.Problem, repeats: int) -> dict[str, Any]:
         state = solver.init(fn, y0, args, {}, f_struct, None, frozenset())
 
         def cond(c):
-            y, state, k, err, evals = c
-            return (err > TARGET) & jnp.isfinite(err) & (evals < budget)
+            y, state, k, err, evals, best, k_best = c
+            # The step cap also bounds a solver whose evaluation count stops growing.
+            going = (err > TARGET) & jnp.isfinite(err) & (evals < budget) & (k < budget)
+            return going & (k - k_best < STALL_STEPS)
 
         def body(c):
-            y, state, k, err, evals = c
+            y, state, k, err, evals, best, k_best = c
             y, state, _ = solver.step(fn, y, args, {}, state, frozenset())
             k = k + 1
-            return y, state, k, GP.rel_error_jax(y, truth), _evals_of(state, k)
+            err = GP.rel_error_jax(y, truth)
+            better = err < 0.999 * best
+            best = jnp.where(better, err, best)
+            k_best = jnp.where(better, k, k_best)
+            return y, state, k, err, _evals_of(state, k), best, k_best
 
         err0 = GP.rel_error_jax(y0, truth)
-        init = (y0, state, jnp.array(0), err0, _evals_of(state, jnp.array(0)))
-        y, state, k, err, evals = jax.lax.while_loop(cond, body, init)
+        zero = jnp.array(0)
+        init = (y0, state, zero, err0, _evals_of(state, zero), err0, zero)
+        y, state, k, err, evals, _, _ = jax.lax.while_loop(cond, body, init)
         return y, k, err, evals
 
     return _reach_compiled(run, problem, repeats)
 
 
 def reach_jaxopt(spec: Spec, problem: GP.Problem, repeats: int) -> dict[str, Any]:
-    solver = _jaxopt_anderson(problem.fn, TOL * problem.atol_scale, problem.max_evals)
+    solver = _jaxopt_anderson(
+        problem.fn, TOL * problem.atol_scale, problem.max_evals, **spec.options
+    )
     budget = problem.max_evals
 
     def run(y0, args, truth):
@@ -254,6 +273,13 @@ def _reach_compiled(run: Callable, problem: GP.Problem, repeats: int) -> dict[st
     }
 
 
+SCIPY_MAX_EVALS = 5000  # a Python loop (~1 ms per call on a loaded machine): capped
+
+
+def _scipy_budget(problem: GP.Problem) -> int:
+    return min(problem.max_evals, SCIPY_MAX_EVALS)
+
+
 class _Reached(Exception):
     pass
 
@@ -278,6 +304,8 @@ def reach_scipy(spec: Spec, problem: GP.Problem, repeats: int) -> dict[str, Any]
         def counted(y):
             e = np.max(np.abs(y - truth)) / scale if np.all(np.isfinite(y)) else np.inf
             hit[1] = min(hit[1], e)
+            if not np.isfinite(e):
+                raise FloatingPointError
             if e <= TARGET:
                 hit[0] = count[0]
                 raise _Reached
@@ -291,7 +319,7 @@ def reach_scipy(spec: Spec, problem: GP.Problem, repeats: int) -> dict[str, Any]
                     counted,
                     np.asarray(problem.y0),
                     xtol=1e-300,
-                    maxiter=problem.max_evals // 2,
+                    maxiter=_scipy_budget(problem) // 2,
                     method="del2",
                 )
         except (_Reached, RuntimeError, FloatingPointError, ValueError):
@@ -360,7 +388,7 @@ def claim_optx(spec: Spec, problem: GP.Problem, repeats: int) -> dict[str, Any]:
 
 def claim_jaxopt(spec: Spec, problem: GP.Problem, repeats: int) -> dict[str, Any]:
     tol = TOL * problem.atol_scale
-    solver = _jaxopt_anderson(Counted(problem.fn), tol, problem.max_evals)
+    solver = _jaxopt_anderson(Counted(problem.fn), tol, problem.max_evals, **spec.options)
 
     def run(y0, args, flag):
         y, state = solver.run(y0, (args, flag))
@@ -402,6 +430,8 @@ def claim_scipy(spec: Spec, problem: GP.Problem, repeats: int) -> dict[str, Any]
         last = [np.asarray(problem.y0)]
 
         def counted(y):
+            if not np.all(np.isfinite(y)):  # scipy would iterate NaN until maxiter
+                raise FloatingPointError(f"non-finite iterate after {count[0]} evaluations")
             count[0] += 1
             last[0] = y
             return f(y)
@@ -413,7 +443,7 @@ def claim_scipy(spec: Spec, problem: GP.Problem, repeats: int) -> dict[str, Any]
                     counted,
                     np.asarray(problem.y0),
                     xtol=TOL,
-                    maxiter=problem.max_evals // 2,
+                    maxiter=_scipy_budget(problem) // 2,
                     method="del2",
                 )
             claimed, result = True, "converged"
@@ -539,9 +569,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# General fixed-point solvers: measured results",
         "",
-        "Written by `python benchmarks/bench_general.py"
-        + (" --quick" if report["quick"] else "")
-        + " --update-table`"
+        f"Written by `python benchmarks/bench_general.py {report['argv']}`".replace(" `", "`")
         + f" ({report['date']}; {env['device']}, {env['cpus']} CPU cores, float64; the "
         "machine was shared and loaded: times are noisy, ratios are from the same run).",
         "",
@@ -553,6 +581,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"xtol = {TOL:g}); status `correct` (claimed, err <= {TARGET:g}), `imprecise` "
         f"(claimed, err <= {SLACK:g} x {TARGET:g}), `WRONG SUCCESS` (claimed, err > "
         f"{SLACK:g} x {TARGET:g}), `failed` (not claimed). Time only for correct answers. "
+        f"scipy's budget is capped at {SCIPY_MAX_EVALS} evaluations (a Python loop) and it is "
+        "stopped at its first non-finite iterate. "
         "`counted`: primal map evaluations seen by a `jax.debug.callback` counter (JVPs not "
         "seen).",
         "",
@@ -661,10 +691,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     specs = solver_specs()
     if args.solvers:
         specs = [s for s in specs if re.search(args.solvers, s.name)]
+    else:
+        specs = [s for s in specs if s.default]
     print(f"problems built in {time.perf_counter() - t_start:.1f}s", flush=True)
 
     report: dict[str, Any] = {
         "quick": args.quick,
+        "argv": " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "target": TARGET,
         "tol": TOL,
@@ -688,7 +721,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             re_, cl = rec["reach"], rec["claim"]
             print(
                 f"{problem.name:40s} {spec.name:28s} reach "
-                f"{('%d' % re_['evals']) if re_.get('reached') else 'NO'} "
+                f"{re_['evals'] if re_.get('reached') else 'NO'} "
                 f"| claim {cl.get('result', cl.get('exception'))} err {_f(cl.get('err'))} "
                 f"-> {rec['status']}  [{rec['wall_s']:.1f}s]",
                 flush=True,
@@ -707,6 +740,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         entry["verdict"] = verdict(entry)
         report["problems"].append(entry)
     report["total_s"] = time.perf_counter() - t_start
+    report["total_cpu_s"] = time.process_time()
 
     md = markdown(report)
     out = pathlib.Path(args.out)
@@ -721,7 +755,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table = compare(old, report)
         (out / f"{args.name}_compare.md").write_text(table)
         print(table)
-    print(f"total {report['total_s']:.0f}s")
+    print(f"total {report['total_s']:.0f}s wall, {report['total_cpu_s']:.0f}s CPU (this process)")
     return report
 
 

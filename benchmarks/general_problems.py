@@ -218,7 +218,7 @@ def em(num_data: int = 2000, k: int = 10, spacing: float = 1.2, seed: int = 2) -
         "2000 EM steps + equality-constrained Newton on the log-likelihood",
         max_evals=20000,
         atol_scale=float(np.max(w)),
-        note="interior MLE; min weight %.3g" % w.min(),
+        note=f"interior MLE; min weight {w.min():.3g}",
     )
     return _certify(p)
 
@@ -350,14 +350,14 @@ def two_basin(n: int = 1000, q: float = 0.3) -> Problem:
 
     _, problem = curax.two_basin_problem(n=n, separation=3.0, q=q)
     truth = _cached(problem, lambda: curax.nash_solution(problem, tol=1e-13).value)
+    gap = float(curax.fw_gap(jnp.asarray(truth), problem))
     p = Problem(
         f"curation two-basin K=inf n={n}",
         curation_map,
         problem,
         problem.uniform(),
         truth,
-        "curax.nash_solution(tol=1e-13) (certified FW gap %.1e)"
-        % float(curax.fw_gap(jnp.asarray(truth), problem)),
+        f"curax.nash_solution(tol=1e-13) (certified FW gap {gap:.1e})",
         max_evals=20000,
         atol_scale=float(np.max(truth)),
         curation=problem,
