@@ -58,12 +58,16 @@ from ._sampling import (
 from ._sharding import device_mesh as device_mesh, shard_support as shard_support
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solver import (
+    AbstractConstraint as AbstractConstraint,
+    AbstractGeneralSolver as AbstractGeneralSolver,
     ActiveSetNewton as ActiveSetNewton,
     Anderson as Anderson,
     DampedIteration as DampedIteration,
     NewtonKrylov as NewtonKrylov,
     PlainIteration as PlainIteration,
+    Simplex as Simplex,
     SQUAREM as SQUAREM,
+    Unconstrained as Unconstrained,
 )
 from ._stability import (
     stability as stability,

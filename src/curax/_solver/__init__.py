@@ -1,3 +1,9 @@
+from ._base import AbstractGeneralSolver as AbstractGeneralSolver
+from ._constraint import (
+    AbstractConstraint as AbstractConstraint,
+    Simplex as Simplex,
+    Unconstrained as Unconstrained,
+)
 from .active_set import ActiveSetNewton as ActiveSetNewton
 from .anderson import Anderson as Anderson
 from .iteration import (

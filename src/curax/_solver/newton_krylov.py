@@ -1,6 +1,5 @@
 from collections.abc import Callable
 
-import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
@@ -8,38 +7,66 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, Bool, Int, PyTree, Scalar
 
-from .._custom_types import Aux
-from ._misc import scaled_error, solver_stats, StallTracker, terminate_on, to_simplex
+from .._custom_types import Aux, Y
+from ._base import AbstractGeneralSolver, AbstractGeneralState
+from ._constraint import AbstractConstraint, Unconstrained
+from ._misc import (
+    Monitor,
+    real_dtype,
+    tree_allfinite,
+    tree_sub,
+    tree_sum_squares,
+    tree_where,
+)
 
 
-class _NewtonKrylovState(eqx.Module):
-    error: Scalar
-    tracker: StallTracker
+class _NewtonKrylovState(AbstractGeneralState):
+    fy: PyTree[Array]
+    monitor: Monitor
     num_map_evals: Int[Array, ""]
     line_search_failed: Bool[Array, ""]
+    num_fallbacks: Int[Array, ""]
 
 
-class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]):
-    """Newton's method on `F(p) = f(p) - p`, restricted to the tangent space of the simplex,
-    with matrix-free Krylov linear solves and a backtracking line search on the residual.
+# Largest extrapolation of the fallback step (SQUAREM's step length, bounded).
+_FALLBACK_STEP_MAX = 4.0
 
-    Each step linearises `f` once (`jax.linearize`), solves
-    `P (J - I) P d = -(f(p) - p)` with lineax GMRES (`P` removes the mean, so the step keeps
-    the total mass), and backtracks `p + t d` (clipped onto the simplex) for
-    `t = 1, 1/2, ...` until `max |F|` decreases by the Armijo factor `1 - 1e-4 t`. If no `t`
-    decreases it, or the boundary of the simplex cuts the step below 5% of the Newton step
-    (far from a fixed point the Newton direction can be poor), the plain step `f(p)` is
-    taken instead; `patience` steps without a new best residual are a stall
-    (`RESULTS.stalled` through [`curax.fixed_point`][]).
 
-    Converges quadratically near a fixed point with an invertible `J - I`, e.g. the unique
-    interior fixed point of a map with reference data. **It does not know about stability**:
-    started near a vertex or a face of the simplex it happily converges to the spurious
-    (unstable) fixed point there. [`curax.fixed_point`][] flags that through the FW gap
-    (`RESULTS.unstable_fixed_point`); see also [`curax.stability`][].
+class NewtonKrylov(AbstractGeneralSolver[Y, Aux, _NewtonKrylovState]):
+    """Newton's method on `F(y) = f(y) - y` with matrix-free Krylov linear solves,
+    globalised by a backtracking line search on `|F|^2` and an accelerated-iteration fallback.
+
+    Each step linearises `f` once (`jax.linearize`), solves `(J - I) d = -(f(y) - y)` with a
+    lineax solver (GMRES by default; an inexact solve is fine, the line search judges the
+    step), and tries `y + t d` for `t = 1, 1/2, ...` (`max_backtracks` tries) until
+    `|F|^2` decreases by the Armijo factor `1 - 2e-4 t`. If none does (far from a fixed point
+    the Newton direction can be poor), it takes one SQUAREM step instead: `y1 = f(y)`,
+    `y2 = f(y1)`, extrapolated to `y'`, keeping whichever of `y1`, `y'` has the smaller
+    residual. Converges quadratically near a fixed point with an invertible `J - I`.
+
+    **Termination.** Stops when the estimated distance to the fixed point,
+    `norm((f(y) - y) / (atol + rtol |f(y)|)) / (1 - rho_hat)`, is below 1, with `1 - rho_hat`
+    the smallest secant ratio `|dg| / |dy|` of the last 16 steps (for a Newton step,
+    `|dg| / |dy|` measures `J - I` along the step; see `docs/solvers.md`).
+
+    **Constraint.** With [`curax.Simplex`][] the Newton system is solved on the tangent space
+    `sum(d) = 0` and steps decrease entries geometrically, so that they stay on the
+    simplex. **It does not know about stability**: started near a vertex or a face of the
+    simplex it can converge to a spurious (unstable) fixed point there, which
+    [`curax.fixed_point`][] flags through the FW gap (`RESULTS.unstable_fixed_point`).
+
+    Complex leaves: the map must be holomorphic for the Newton system to be complex-linear
+    (otherwise only the fallback steps make progress).
 
     `stats["num_map_evals"]` counts each linearisation, each Krylov matrix-vector product
-    (a Jacobian-vector product, about one map evaluation) and each line-search evaluation.
+    (a Jacobian-vector product, about one map evaluation) and each trial point.
+
+    !!! Example
+
+        ```python
+        sol = optx.fixed_point(lambda y, _: jnp.tanh(y + 1), curax.NewtonKrylov(1e-10, 1e-10),
+                               jnp.zeros(3))
+        ```
     """
 
     rtol: float
@@ -49,122 +76,115 @@ class NewtonKrylov(optx.AbstractFixedPointSolver[Array, Aux, _NewtonKrylovState]
         rtol=1e-10, atol=1e-14, restart=50, max_steps=2, stagnation_iters=2
     )
     max_backtracks: int = 5
-    patience: int = 32
+    constraint: AbstractConstraint = Unconstrained()
+    patience: int | None = 32
+
+    def __check_init__(self):
+        if self.max_backtracks < 1:
+            raise ValueError(f"`max_backtracks` must be >= 1, got {self.max_backtracks}.")
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> _NewtonKrylovState:
-        del fn, args, options, f_struct, aux_struct, tags
-        return _NewtonKrylovState(
-            jnp.array(jnp.inf, y.dtype),
-            StallTracker.init(y.dtype),
-            jnp.array(0),
-            jnp.array(False),
-        )
+        del options, f_struct, aux_struct, tags
+        fy, monitor = self._start(fn, y, args)
+        return _NewtonKrylovState(fy, monitor, jnp.array(1), jnp.array(False), jnp.array(0))
 
     def step(self, fn, y, args, options, state, tags):
         del options, tags
+        con = self.constraint
+        rdtype = real_dtype(y)
 
-        def f(p):
-            return fn(p, args)[0]
+        def f(z):
+            return fn(z, args)[0]
 
-        fy, lin = jax.linearize(f, y)
-        aux = fn(y, args)[1]
-        res0 = fy - y
-        error = scaled_error(y, fy, self.rtol, self.atol, self.norm)
-        norm0 = jnp.max(jnp.abs(res0))
-
-        def project(v):
-            return v - jnp.mean(v)
+        fy = state.fy
+        res0 = tree_sub(fy, y)
+        merit0 = tree_sum_squares(res0)
+        _, lin = jax.linearize(f, y)
 
         def matvec(v):
-            v = project(v)
-            return project(lin(v) - v)
+            v = con.tangent(v)
+            return con.tangent(tree_sub(lin(v), v))
 
-        operator = lx.FunctionLinearOperator(matvec, jax.ShapeDtypeStruct(y.shape, y.dtype))
-        lin_sol = lx.linear_solve(operator, -project(res0), self.linear_solver, throw=False)
-        # (A failed or inexact Krylov solve is not fatal: the line search judges the step.)
-        direction = project(lin_sol.value)
-        direction = jnp.where(jnp.all(jnp.isfinite(direction)), direction, -res0)
+        operator = lx.FunctionLinearOperator(matvec, jax.eval_shape(lambda: y))
+        neg = con.tangent(jax.tree_util.tree_map(jnp.negative, res0))
+        lin_sol = lx.linear_solve(operator, neg, self.linear_solver, throw=False)
+        direction = con.tangent(lin_sol.value)
+        direction_ok = tree_allfinite(direction)
+        direction = tree_where(direction_ok, direction, neg)
         if isinstance(self.linear_solver, lx.GMRES):
-            num_matvecs = lin_sol.stats["num_steps"] * (self.linear_solver.restart + 1)
+            size = sum(v.size for v in jax.tree_util.tree_leaves(y))
+            restart = min(self.linear_solver.restart, size)
+            num_matvecs = lin_sol.stats["num_steps"] * (restart + 1)
         else:
             num_matvecs = jnp.array(0)
 
-        # Fraction to the boundary: the step never zeroes a point's mass outright (that
-        # distorts the iterate and, for a replicator map, cannot be undone); points still
-        # head geometrically towards zero if the Newton direction says so.
-        ratio = jnp.where(direction < 0, y / jnp.where(direction < 0, -direction, 1.0), jnp.inf)
-        t_max = jnp.minimum(1.0, 0.99 * jnp.min(ratio))
-        # A step cut short by the boundary is no Newton step: go straight to the fallback.
-        usable = t_max >= 0.05
-
+        # Backtracking on |F|^2 along the constraint's path `retract(y, d, t)`.
         def ls_cond(carry):
-            i, _, _, _, accepted = carry
-            return (i < self.max_backtracks) & ~accepted & usable
+            i, accepted = carry[0], carry[-1]
+            return (i < self.max_backtracks) & ~accepted & direction_ok
 
         def ls_body(carry):
-            i, best, best_r, _, _ = carry
-            t = t_max * 0.5**i
-            cand = to_simplex(y + t * direction)
-            r = jnp.max(jnp.abs(f(cand) - cand))
-            r = jnp.where(jnp.isfinite(r), r, jnp.inf)
-            accepted = r <= (1 - 1e-4 * t) * norm0
-            better = r < best_r
+            i, _, _, _, _ = carry
+            t = jnp.asarray(0.5, rdtype) ** i
+            cand = con.retract(y, direction, t)
+            f_c, aux_c = fn(cand, args)
+            merit = tree_sum_squares(tree_sub(f_c, cand))
+            merit = jnp.where(jnp.isnan(merit), jnp.inf, merit)
+            accepted = merit <= (1 - 2e-4 * t) * merit0
+            return i + 1, cand, f_c, aux_c, accepted
+
+        _, aux_struct = jax.eval_shape(fn, y, args)
+        zero_aux = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), aux_struct)
+        num_ls, ls_y, ls_fy, ls_aux, accepted = lax.while_loop(
+            ls_cond, ls_body, (jnp.array(0), y, fy, zero_aux, jnp.array(False))
+        )
+
+        def fallback():
+            # One SQUAREM step (no stabilisation): y1 = P f(y), y2 = P f(y1), extrapolate.
+            p1 = con.project(fy)
+            f1, aux1 = fn(p1, args)
+            p2 = con.project(f1)
+            r = tree_sub(p1, y)
+            v = tree_sub(tree_sub(p2, p1), r)
+            rn = jnp.sqrt(tree_sum_squares(r))
+            vn = jnp.sqrt(tree_sum_squares(v))
+            alpha = jnp.where(vn > 0, -rn / jnp.where(vn > 0, vn, 1.0), -1.0)
+            alpha = jnp.clip(alpha, -_FALLBACK_STEP_MAX, -1.0).astype(rdtype)
+            p_ext = con.extrapolate(y, p1, p2, alpha)
+            p_ext = tree_where(tree_allfinite(p_ext), p_ext, p2)
+            f_ext, aux_ext = fn(p_ext, args)
+            better = self.norm(tree_sub(f_ext, p_ext)) < self.norm(tree_sub(f1, p1))
             return (
-                i + 1,
-                jnp.where(better, cand, best),
-                jnp.where(better, r, best_r),
-                r,
-                accepted,
+                tree_where(better, p_ext, p1),
+                tree_where(better, f_ext, f1),
+                jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), aux_ext, aux1),
             )
 
-        num_ls, best, best_r, _, accepted = lax.while_loop(
-            ls_cond,
-            ls_body,
-            (jnp.array(0), y, jnp.array(jnp.inf, y.dtype), norm0, jnp.array(False)),
-        )
-        # Globalisation: if no step length decreases the residual (far from the fixed point
-        # the Newton direction can be poor), take the plain step f(p). Persistent failure
-        # shows up as no new best residual for `patience` steps: a stall.
-        plain = to_simplex(fy)
-
-        def plain_residual():
-            return jnp.max(jnp.abs(f(plain) - plain))
-
-        del plain_residual
-        new_y = jnp.where(accepted, best, plain)
-        failed = ~accepted
-        tracker = state.tracker.update(error)
+        new_y, new_fy, aux = lax.cond(accepted, lambda: (ls_y, ls_fy, ls_aux), fallback)
+        monitor = self._record(state.monitor, y, fy, new_y, new_fy, ~accepted)
         new_state = _NewtonKrylovState(
-            error,
-            tracker,
-            state.num_map_evals + 1 + num_matvecs + num_ls,
-            failed,
+            new_fy,
+            monitor,
+            state.num_map_evals + 1 + num_matvecs + num_ls + jnp.where(accepted, 0, 2),
+            ~accepted,
+            state.num_fallbacks + jnp.where(accepted, 0, 1),
         )
         return new_y, new_state, aux
 
-    def terminate(self, fn, y, args, options, state, tags) -> tuple[Bool[Array, ""], optx.RESULTS]:
-        del fn, y, args, options, tags
-        return terminate_on(state.error, state.tracker, self.patience)
-
-    def postprocess(self, fn, y, aux, args, options, state, tags, result):
-        del fn, args, options, tags, result
-        return (
-            y,
-            aux,
-            {
-                **solver_stats(state.num_map_evals, state.error, state.tracker, self.patience),
-            },
-        )
+    def _stats(self, state):
+        return {**super()._stats(state), "num_fallbacks": state.num_fallbacks}
 
 
 NewtonKrylov.__init__.__doc__ = """**Arguments:**
 
-- `rtol`: relative tolerance: stop when `norm((p - f(p)) / (atol + rtol |f(p)|)) < 1`.
-- `atol`: absolute tolerance (see `rtol`).
-- `norm`: the norm of that scaled residual, e.g. `optx.max_norm` (default).
+- `rtol`: relative tolerance (see the termination rule above).
+- `atol`: absolute tolerance.
+- `norm`: the norm of the scaled residual, e.g. `optx.max_norm` (default).
 - `linear_solver`: the lineax solver for the Newton system (matrix-free; default GMRES with
     restart 50, at most 2 restarts: an inexact Newton step). Its failure is not fatal: the
     line search decides.
-- `max_backtracks`: halvings of the step before the line search gives up.
-- `patience`: steps without a new best residual after which the solve is declared stalled.
+- `max_backtracks`: trial step lengths `1, 1/2, ...` before the fallback step is taken.
+- `constraint`: [`curax.Unconstrained`][] (default) or [`curax.Simplex`][].
+- `patience`: steps without a 1% improvement of the best residual (with most Newton steps
+    rejected) after which the solve is declared stalled; `None` never.
 """

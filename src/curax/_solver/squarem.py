@@ -1,52 +1,57 @@
 from collections.abc import Callable
 
-import equinox as eqx
 import jax.numpy as jnp
-import jax.tree_util as jtu
 import optimistix as optx
-from jaxtyping import Array, Bool, Int, PyTree, Scalar
+from jaxtyping import Array, Int, PyTree, Scalar
 
-from .._custom_types import Aux
+from .._custom_types import Aux, Y
+from ._base import AbstractGeneralSolver, AbstractGeneralState
+from ._constraint import AbstractConstraint, Unconstrained
 from ._misc import (
     DEFAULT_PATIENCE,
-    log_extrapolate,
-    scaled_error,
-    solver_stats,
-    StallTracker,
-    terminate_on,
-    to_simplex,
+    Monitor,
+    real_dtype,
+    secant_ratio,
+    tree_allfinite,
+    tree_sub,
+    tree_sum_squares,
+    tree_where,
 )
 
 
-class _SquaremState(eqx.Module):
-    error: Scalar
-    tracker: StallTracker
+class _SquaremState(AbstractGeneralState):
+    fy: PyTree[Array]
+    monitor: Monitor
     num_map_evals: Int[Array, ""]
     step_max: Scalar
     num_rejected: Int[Array, ""]
 
 
-class SQUAREM(optx.AbstractFixedPointSolver[Array, Aux, _SquaremState]):
-    """SQUAREM (Varadhan and Roland 2008, scheme S3) for fixed points on the simplex.
+class SQUAREM(AbstractGeneralSolver[Y, Aux, _SquaremState]):
+    """SQUAREM (Varadhan and Roland 2008, scheme S3) for fixed points of any map on pytrees
+    of real or complex arrays.
 
-    Each step takes two map evaluations `p1 = f(p0)`, `p2 = f(p1)`, extrapolates along
-    `r = p1 - p0`, `v = p2 - 2 p1 + p0` with step `alpha = -||r|| / ||v||` (at most
-    `-1`, at least `-step_max`, where `step_max` grows by `step_factor` after each accepted
-    maximal step), and stabilises with a third evaluation `f(p')`.
+    From the iterate `y0` (whose image is known), each step takes `y1 = f(y0)`, `y2 = f(y1)`,
+    extrapolates along `r = y1 - y0`, `v = y2 - 2 y1 + y0` with step
+    `alpha = -||r|| / ||v||` (at most `-1`, at least `-step_max`, where `step_max` grows by
+    `step_factor` after each accepted maximal step) to `y' = y0 - 2 alpha r + alpha^2 v`, and
+    stabilises with `f(y')`. If the residual `|f(y') - y'|` exceeds the plain step's
+    `|y2 - y1|` (or is not finite), the extrapolation is rejected: the plain step `y2` is
+    taken and `step_max` is reset to 1. One more evaluation gives the image of the new
+    iterate, whose residual is what termination tests: three map evaluations per step.
 
-    Simplex safeguards:
+    **Termination.** Stops when the estimated distance to the fixed point,
+    `norm((f(y) - y) / (atol + rtol |f(y)|)) / (1 - rho_hat)`, is below 1, with `rho_hat`
+    the largest contraction factor seen in the extrapolation's secants (`||v|| / ||r||`
+    estimates `1 - rho` along `r`) and in the steps taken, over the last 16 steps (see
+    `docs/solvers.md`). A stall (no 1% progress in `patience` steps, with most
+    extrapolations rejected) is reported as `optx.RESULTS.nonlinear_divergence`
+    ([`curax.RESULTS.stalled`][] through [`curax.fixed_point`][]).
 
-    - the extrapolation is done in log coordinates on the points with positive mass, so the
-      iterate stays positive with the same support (for replicator maps `p -> p G(p)` the
-      log-iterates move additively, which is what makes this the natural coordinate); a
-      linear extrapolation would clip mass to zero and, since zero mass never regrows under
-      a replicator map, could land on a spurious fixed point on a face;
-    - if the extrapolated point's residual `|f(p') - p'|` exceeds the plain step's
-      residual `|p2 - p1|` (the extrapolation did not help), the step is rejected: the
-      plain step `p2` is taken instead and `step_max` is reset to 1.
-
-    Three map evaluations per step. Prefer it to plain iteration for every map; for
-    replicator maps without reference data prefer [`curax.ActiveSetNewton`][].
+    **Constraint.** With [`curax.Simplex`][] the images are renormalised and the
+    extrapolation is done in `log p` on the points with mass, so the iterate stays positive
+    with the same support (for replicator maps `p -> p G(p)` the log-iterates move
+    additively). [`curax.fixed_point`][] chooses it for replicator maps.
 
     ??? cite "References"
 
@@ -62,93 +67,92 @@ class SQUAREM(optx.AbstractFixedPointSolver[Array, Aux, _SquaremState]):
             year = {2008},
         }
         ```
+
+    !!! Example
+
+        ```python
+        sol = optx.fixed_point(lambda y, _: jnp.tanh(y + 1), curax.SQUAREM(1e-10, 1e-10),
+                               jnp.zeros(3))
+        ```
     """
 
     rtol: float
     atol: float
     norm: Callable[[PyTree], Scalar] = optx.max_norm
     step_factor: float = 4.0
-    patience: int = DEFAULT_PATIENCE
+    constraint: AbstractConstraint = Unconstrained()
+    patience: int | None = DEFAULT_PATIENCE
 
     def __check_init__(self):
         if not self.step_factor >= 1:
             raise ValueError(f"`step_factor` must be >= 1, got {self.step_factor}.")
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> _SquaremState:
-        del fn, args, options, f_struct, aux_struct, tags
-        return _SquaremState(
-            jnp.array(jnp.inf, y.dtype),
-            StallTracker.init(y.dtype),
-            jnp.array(0),
-            jnp.array(1.0, y.dtype),
-            jnp.array(0),
-        )
+        del options, f_struct, aux_struct, tags
+        fy, monitor = self._start(fn, y, args)
+        dtype = real_dtype(y)
+        return _SquaremState(fy, monitor, jnp.array(1), jnp.array(1.0, dtype), jnp.array(0))
 
     def step(self, fn, y, args, options, state, tags):
         del options, tags
+        con = self.constraint
         p0 = y
-        p1, _ = fn(p0, args)
-        p1 = to_simplex(p1)
-        p2, aux = fn(p1, args)
-        p2 = to_simplex(p2)
-        error = scaled_error(p0, p1, self.rtol, self.atol, self.norm)
-        r = p1 - p0
-        v = p2 - 2 * p1 + p0
-        rn = jnp.sqrt(jnp.sum(r**2))
-        vn = jnp.sqrt(jnp.sum(v**2))
+        p1 = con.project(state.fy)
+        f1, _ = fn(p1, args)
+        p2 = con.project(f1)
+        r = tree_sub(p1, p0)
+        v = tree_sub(tree_sub(p2, p1), r)
+        rn = jnp.sqrt(tree_sum_squares(r))
+        vn = jnp.sqrt(tree_sum_squares(v))
         alpha = -rn / jnp.where(vn > 0, vn, 1.0)
         alpha = jnp.clip(jnp.where(vn > 0, alpha, -1.0), -state.step_max, -1.0)
-        p_ext = log_extrapolate(p0, p1, p2, alpha)
-        # Never hand a non-finite point to the map (its validation would raise).
-        ext_ok = jnp.all(jnp.isfinite(p_ext)) & (jnp.sum(p_ext) > 0)
-        p_ext = jnp.where(ext_ok, p_ext, p2)
-        p_new, aux_new = fn(p_ext, args)
-        p_new = to_simplex(p_new)
-        res_ext = jnp.max(jnp.abs(p_new - p_ext))
-        res_plain = jnp.max(jnp.abs(p2 - p1))
-        accept = ext_ok & jnp.all(jnp.isfinite(p_new)) & (res_ext <= res_plain)
-        new_y = jnp.where(accept, p_new, p2)
-        aux = jtu.tree_map(lambda a, b: jnp.where(accept, a, b), aux_new, aux)
+        alpha = alpha.astype(state.step_max.dtype)
+        p_ext = con.extrapolate(p0, p1, p2, alpha)
+        # Never hand a non-finite point to the map.
+        ext_ok = tree_allfinite(p_ext)
+        p_ext = tree_where(ext_ok, p_ext, p2)
+        f_ext, _ = fn(p_ext, args)
+        res_ext = self.norm(tree_sub(f_ext, p_ext))
+        res_plain = self.norm(tree_sub(f1, p1))
+        ok = ext_ok & jnp.isfinite(res_ext)
+        accept = ok & (res_ext <= res_plain)
+        # For the stall test, an extrapolation that does not strictly help is a rejection.
+        helped = ok & (res_ext < res_plain)
+        new_y = tree_where(accept, con.project(f_ext), p2)
+        new_fy, aux = fn(new_y, args)
         step_max = jnp.where(
             accept,
-            jnp.where(
-                alpha <= -state.step_max,
-                state.step_max * self.step_factor,
-                state.step_max,
-            ),
+            jnp.where(alpha <= -state.step_max, state.step_max * self.step_factor, state.step_max),
             1.0,
+        ).astype(state.step_max.dtype)
+        # The first plain step's secant, `||v|| / ||r||` to first order `||(J - I) r|| / ||r||`.
+        g0 = tree_sub(state.fy, p0)
+        g1 = tree_sub(f1, p1)
+        inner, _ = secant_ratio(r, tree_sub(g1, g0), p0, self.norm)
+        monitor = self._record(
+            state.monitor, y, state.fy, new_y, new_fy, ~helped, extra_secant=inner
         )
         new_state = _SquaremState(
-            error,
-            state.tracker.update(error),
+            new_fy,
+            monitor,
             state.num_map_evals + 3,
             step_max,
             state.num_rejected + jnp.where(accept, 0, 1),
         )
         return new_y, new_state, aux
 
-    def terminate(self, fn, y, args, options, state, tags) -> tuple[Bool[Array, ""], optx.RESULTS]:
-        del fn, y, args, options, tags
-        return terminate_on(state.error, state.tracker, self.patience)
-
-    def postprocess(self, fn, y, aux, args, options, state, tags, result):
-        del fn, args, options, tags, result
-        return (
-            y,
-            aux,
-            {
-                **solver_stats(state.num_map_evals, state.error, state.tracker, self.patience),
-                "num_rejected": state.num_rejected,
-            },
-        )
+    def _stats(self, state):
+        return {**super()._stats(state), "num_rejected": state.num_rejected}
 
 
 SQUAREM.__init__.__doc__ = """**Arguments:**
 
-- `rtol`: relative tolerance: stop when `norm((p - f(p)) / (atol + rtol |f(p)|)) < 1`.
-- `atol`: absolute tolerance (see `rtol`).
-- `norm`: the norm of that scaled residual, e.g. `optx.max_norm` (default).
+- `rtol`: relative tolerance (see the termination rule above).
+- `atol`: absolute tolerance.
+- `norm`: the norm of the scaled residual, e.g. `optx.max_norm` (default).
 - `step_factor`: factor by which the largest extrapolation step grows after an accepted
     maximal step (Varadhan and Roland's `mstep`, default 4).
-- `patience`: steps without a new best residual after which the solve is declared stalled.
+- `constraint`: [`curax.Unconstrained`][] (default) or [`curax.Simplex`][].
+- `patience`: steps without a 1% improvement of the best residual (with most
+    extrapolations rejected) after which the solve is declared stalled; `None` never.
 """
