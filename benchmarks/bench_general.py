@@ -569,7 +569,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# General fixed-point solvers: measured results",
         "",
-        f"Written by `python benchmarks/bench_general.py {report['argv']}`".replace(" `", "`")
+        "Written by `"
+        + " ".join(["python benchmarks/bench_general.py", report["argv"]]).strip()
+        + "`"
         + f" ({report['date']}; {env['device']}, {env['cpus']} CPU cores, float64; the "
         "machine was shared and loaded: times are noisy, ratios are from the same run).",
         "",
