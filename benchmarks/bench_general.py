@@ -713,6 +713,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "problems": [],
     }
+    out = pathlib.Path(args.out)
     for problem in problems:
         recs = []
         for spec in specs:
@@ -741,12 +742,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         entry["verdict"] = verdict(entry)
         report["problems"].append(entry)
+        # Partial results survive an interrupted run.
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=str))
     report["total_s"] = time.perf_counter() - t_start
     report["total_cpu_s"] = time.process_time()
 
     md = markdown(report)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=str))
     (out / f"{args.name}.md").write_text(md)
     if args.update_table:
