@@ -690,8 +690,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--name", default="general", help="output file stem")
     ap.add_argument("--update-table", action="store_true", help="write RESULTS_general.md")
     ap.add_argument("--compare", default=None, help="earlier JSON: print a before/after table")
+    ap.add_argument(
+        "--render", default=None, help="re-render the tables of an earlier JSON (no run)"
+    )
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 2)
+    out = pathlib.Path(args.out)
+    if args.render:
+        report = json.loads(pathlib.Path(args.render).read_text())
+        return _write(report, args, out)
 
     t_start = time.perf_counter()
     problems = GP.build(quick=args.quick)
@@ -720,7 +727,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "problems": [],
     }
-    out = pathlib.Path(args.out)
     for problem in problems:
         recs = []
         for spec in specs:
@@ -755,8 +761,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["total_s"] = time.perf_counter() - t_start
     report["total_cpu_s"] = time.process_time()
 
+    return _write(report, args, out)
+
+
+def _write(report: dict[str, Any], args: argparse.Namespace, out: pathlib.Path) -> dict:
     md = markdown(report)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=str))
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.render:
+        (out / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=str))
     (out / f"{args.name}.md").write_text(md)
     if args.update_table:
         (HERE / "RESULTS_general.md").write_text(md)
@@ -766,7 +778,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table = compare(old, report)
         (out / f"{args.name}_compare.md").write_text(table)
         print(table)
-    print(f"total {report['total_s']:.0f}s wall, {report['total_cpu_s']:.0f}s CPU (this process)")
+    if "total_s" in report:
+        cpu = report.get("total_cpu_s", float("nan"))
+        print(f"total {report['total_s']:.0f}s wall, {cpu:.0f}s CPU (process)")
     return report
 
 
