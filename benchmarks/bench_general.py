@@ -576,7 +576,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# General fixed-point solvers: measured results",
         "",
         "Written by `"
-        + " ".join(["python benchmarks/bench_general.py", report["argv"]]).strip()
+        + " ".join(["python benchmarks/bench_general.py", report.get("argv", "")]).strip()
         + "`"
         + f" ({report['date']}; {env['device']}, {env['cpus']} CPU cores, float64; the "
         "machine was shared and loaded: times are noisy, ratios are from the same run).",
