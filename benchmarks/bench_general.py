@@ -372,6 +372,7 @@ def claim_optx(spec: Spec, problem: GP.Problem, repeats: int) -> dict[str, Any]:
                 "claimed": bool(sol.result == curax.RESULTS.successful),
                 "result": _result_name(sol.result),
                 "err": GP.rel_error(sol.value, problem.truth),
+                "_y": sol.value,
                 "evals": int(sol.stats.get("num_map_evals", -1)),
                 "counted": counted,
                 "seconds": warm,
@@ -419,6 +420,7 @@ def _claim_compiled(run: Callable, problem: GP.Problem, repeats: int, results: A
         "claimed": bool(claimed),
         "result": _result_name(code, results) if results is not None else None,
         "err": GP.rel_error(y, problem.truth),
+        "_y": y,
         "evals": int(evals),
         "counted": counted,
         "seconds": warm,
@@ -461,6 +463,7 @@ def claim_scipy(spec: Spec, problem: GP.Problem, repeats: int) -> dict[str, Any]
             "claimed": claimed,
             "result": result,
             "err": GP.rel_error(y, problem.truth),
+            "_y": y,
             "evals": count[0],
             "counted": count[0],
             "seconds": seconds,
@@ -486,8 +489,25 @@ def status(claim: dict[str, Any]) -> str:
     if claim["claimed"]:
         if err <= TARGET:
             return "correct"
-        return "imprecise" if err <= SLACK * TARGET else "WRONG SUCCESS"
+        if err <= SLACK * TARGET:
+            return "imprecise"
+        # A genuine fixed point, but not the one the problem asks for (e.g. EM on a face).
+        return "other fixed point" if claim.get("residual", np.inf) <= TARGET else "WRONG SUCCESS"
     return "failed"
+
+
+_MAPS: dict[str, Callable] = {}
+
+
+def residual(problem: GP.Problem, y: Any) -> float:
+    """`max |f(y) - y| / max |y*|` at a solver's answer."""
+    if problem.name not in _MAPS:
+        _MAPS[problem.name] = jax.jit(problem.fn)
+    y = jnp.asarray(np.asarray(y, np.float64))
+    if not bool(jnp.all(jnp.isfinite(y))):
+        return float("inf")
+    fy = np.asarray(_MAPS[problem.name](y, problem.args))
+    return float(np.max(np.abs(fy - np.asarray(y))) / np.max(np.abs(problem.truth)))
 
 
 RUNNERS = {
@@ -507,6 +527,9 @@ def run_solver(spec: Spec, problem: GP.Problem, repeats: int) -> dict[str, Any]:
             msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             rec[key] = {"exception": msg, "reached": False, "claimed": False}
             traceback.print_exc(limit=3)
+    y = rec["claim"].pop("_y", None)
+    if y is not None:
+        rec["claim"]["residual"] = residual(problem, y)
     rec["status"] = status(rec["claim"])
     if rec["claim"].get("exception") is None and rec["status"] != "correct":
         rec["claim"]["seconds_unreported"] = rec["claim"].pop("seconds", None)
@@ -547,6 +570,7 @@ def verdict(problem: dict[str, Any]) -> dict[str, Any]:
         "wrong_success_curax": [
             r["solver"] for r in recs if r["status"] == "WRONG SUCCESS" and r["curax"]
         ],
+        "other_fixed_point": [r["solver"] for r in recs if r["status"] == "other fixed point"],
     }
     e = out["best_curax_evals"]
     out["fifth_of_plain"] = (
@@ -588,7 +612,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"rtol = {TOL:g}, atol = {TOL:g} x max|y*| (jaxopt: l2 tol {TOL:g} x max|y*|; scipy: "
         f"xtol = {TOL:g}); status `correct` (claimed, err <= {TARGET:g}), `imprecise` "
         f"(claimed, err <= {SLACK:g} x {TARGET:g}), `WRONG SUCCESS` (claimed, err > "
-        f"{SLACK:g} x {TARGET:g}), `failed` (not claimed). Time only for correct answers. "
+        f"{SLACK:g} x {TARGET:g}) and `other fixed point` (the same, but its residual "
+        f"`max|f(y) - y| / max|y*|` <= {TARGET:g}: a genuine fixed point, not the one asked "
+        "for), `failed` (not claimed). Time only for correct answers. "
         f"scipy's budget is capped at {SCIPY_MAX_EVALS} evaluations (a Python loop) and it is "
         "stopped at its first non-finite iterate. "
         "`counted`: primal map evaluations seen by a `jax.debug.callback` counter (JVPs not "
@@ -608,7 +634,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"{v['best_curax'] or '— (none reached)'} | {_f(v['best_curax_evals'], 'd')} | "
             f"{_yn(v['fifth_of_plain'])} | {_f(v['jaxopt_evals'], 'd')} | "
             f"{_yn(v['not_worse_than_jaxopt'])} | "
-            f"{', '.join(v['wrong_success']) or 'none'} |"
+            f"{', '.join(v['wrong_success']) or 'none'}"
+            + (
+                f" (other fixed point: {', '.join(v['other_fixed_point'])})"
+                if v.get("other_fixed_point")
+                else ""
+            )
+            + " |"
         )
     for p in report["problems"]:
         lines += [
@@ -625,8 +657,8 @@ def markdown(report: dict[str, Any]) -> str:
             + f". Budget {p['max_evals']} map evaluations.",
             "",
             "| solver | reach: evals | x plain | time (s) | x plain | claim: via | result |"
-            " err | evals | counted | time (s) | status |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            " err | residual | evals | counted | time (s) | status |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in p["records"]:
             re_, cl = r["reach"], r["claim"]
@@ -640,14 +672,15 @@ def markdown(report: dict[str, Any]) -> str:
             else:
                 reach_cells = f"not reached ({re_['evals']} evals, err {_f(re_['err'])}) | | | "
             if cl.get("exception"):
-                claim_cells = f"{cl.get('via', '')} | error: {cl['exception'][:80]} | | | | |"
+                claim_cells = f"{cl.get('via', '')} | error: {cl['exception'][:80]} | | | | | |"
             else:
                 via = cl["via"]
                 if cl.get("curax_fixed_point"):
                     via += f" [{cl['curax_fixed_point'][:70]}]"
                 claim_cells = (
                     f"{via} | {cl['result']} ({'claims success' if cl['claimed'] else 'no claim'})"
-                    f" | {_f(cl['err'])} | {cl['evals']} | {_f(cl.get('counted'), 'd')} | "
+                    f" | {_f(cl['err'])} | {_f(cl.get('residual'))} | {cl['evals']} | "
+                    f"{_f(cl.get('counted'), 'd')} | "
                     f"{_f(cl.get('seconds'), '.3f')}"
                 )
             st = r["status"]
@@ -691,13 +724,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--update-table", action="store_true", help="write RESULTS_general.md")
     ap.add_argument("--compare", default=None, help="earlier JSON: print a before/after table")
     ap.add_argument(
-        "--render", default=None, help="re-render the tables of an earlier JSON (no run)"
+        "--render",
+        default=None,
+        help="re-render the tables of earlier JSON files, comma-separated (no run)",
     )
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 2)
     out = pathlib.Path(args.out)
     if args.render:
-        report = json.loads(pathlib.Path(args.render).read_text())
+        # Several runs: later files replace earlier ones' problems of the same name.
+        reports = [json.loads(pathlib.Path(f).read_text()) for f in args.render.split(",")]
+        report = reports[0]
+        for extra in reports[1:]:
+            names = [p["name"] for p in report["problems"]]
+            for p in extra["problems"]:
+                if p["name"] in names:
+                    report["problems"][names.index(p["name"])] = p
+                else:
+                    report["problems"].append(p)
+            report["argv"] = report.get("argv", "") + " (+ " + extra.get("argv", "") + ")"
+        for p in report["problems"]:  # re-judged with the current rules
+            for r in p["records"]:
+                r["status"] = status(r["claim"])
+            add_ratios(p["records"])
+            p["verdict"] = verdict(p)
         return _write(report, args, out)
 
     t_start = time.perf_counter()
