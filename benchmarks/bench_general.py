@@ -738,16 +738,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     repeats = args.repeats or (1 if args.quick else 2)
     out = pathlib.Path(args.out)
     if args.render:
-        # Several runs: later files replace earlier ones' problems of the same name.
+        # Several runs (e.g. split by --only / --solvers) merged into one report.
         reports = [json.loads(pathlib.Path(f).read_text()) for f in args.render.split(",")]
         report = reports[0]
         for extra in reports[1:]:
             names = [p["name"] for p in report["problems"]]
             for p in extra["problems"]:
-                if p["name"] in names:
-                    report["problems"][names.index(p["name"])] = p
-                else:
+                if p["name"] not in names:
                     report["problems"].append(p)
+                    continue
+                # Same problem: records of the later run replace those of the same solver.
+                recs = report["problems"][names.index(p["name"])]["records"]
+                solvers = [r["solver"] for r in recs]
+                for r in p["records"]:
+                    if r["solver"] in solvers:
+                        recs[solvers.index(r["solver"])] = r
+                    else:
+                        recs.append(r)
             report["argv"] = report.get("argv", "") + " (+ " + extra.get("argv", "") + ")"
         for p in report["problems"]:  # re-judged with the current rules
             for r in p["records"]:
