@@ -37,7 +37,7 @@ class SQUAREM(AbstractGeneralSolver[Y, Aux, _SquaremState]):
     `step_factor` after each accepted maximal step) to `y' = y0 - 2 alpha r + alpha^2 v`, and
     stabilises with `f(y')`. If the residual `|f(y') - y'|` exceeds the plain step's
     `|y2 - y1|` (or is not finite), the extrapolation is rejected: the plain step `y2` is
-    taken and `step_max` is reset to 1. One more evaluation gives the image of the new
+    taken and, if the step was at its cap, `step_max` shrinks by `step_factor`. One more evaluation gives the image of the new
     iterate, whose residual is what termination tests: three map evaluations per step.
 
     **Termination.** Stops when the estimated distance to the fixed point,
@@ -120,10 +120,17 @@ class SQUAREM(AbstractGeneralSolver[Y, Aux, _SquaremState]):
         helped = ok & (res_ext < res_plain)
         new_y = tree_where(accept, con.project(f_ext), p2)
         new_fy, aux = fn(new_y, args)
+        # Varadhan and Roland's step-length control: grow the cap after a maximal accepted
+        # step, shrink it (not reset it) after a rejected maximal one.
+        at_cap = alpha <= -state.step_max
         step_max = jnp.where(
-            accept,
-            jnp.where(alpha <= -state.step_max, state.step_max * self.step_factor, state.step_max),
-            1.0,
+            at_cap,
+            jnp.where(
+                accept,
+                state.step_max * self.step_factor,
+                jnp.maximum(1.0, state.step_max / self.step_factor),
+            ),
+            state.step_max,
         ).astype(state.step_max.dtype)
         # The first plain step's secant, `||v|| / ||r||` to first order `||(J - I) r|| / ||r||`.
         g0 = tree_sub(state.fy, p0)
