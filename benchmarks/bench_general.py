@@ -608,7 +608,15 @@ def markdown(report: dict[str, Any]) -> str:
         + " ".join(["python benchmarks/bench_general.py", report.get("argv", "")]).strip()
         + "`"
         + f" ({report['date']}; {env['device']}, {env['cpus']} CPU cores, float64; the "
-        "machine was shared and loaded: times are noisy, ratios are from the same run).",
+        "machine was shared and loaded: times are noisy, ratios are from the same run)"
+        + (
+            f"; the run took {report['total_s']:.0f} s wall, "
+            f"{report.get('total_cpu_s', float('nan')):.0f} s CPU"
+            if "total_s" in report
+            else ""
+        )
+        + (f"; code at commit {report['commit']}" if report.get("commit") else "")
+        + ".",
         "",
         f"Error = true relative max-norm error `max|y - y*| / max|y*|`; target {TARGET:g}. "
         f"**Reach**: map evaluations and warm time until the iterate's true error <= "
@@ -684,7 +692,8 @@ def markdown(report: dict[str, Any]) -> str:
                 if cl.get("curax_fixed_point"):
                     via += f" [{cl['curax_fixed_point'][:70]}]"
                 claim_cells = (
-                    f"{via} | {cl['result']} ({'claims success' if cl['claimed'] else 'no claim'})"
+                    f"{via} | {cl['result'] or ''} "
+                    f"({'claims success' if cl['claimed'] else 'no claim'})"
                     f" | {_f(cl['err'])} | {_f(cl.get('residual'))} | {cl['evals']} | "
                     f"{_f(cl.get('counted'), 'd')} | "
                     f"{_f(cl.get('seconds'), '.3f')}"
@@ -717,6 +726,18 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> str:
             (oe, os_), (ne, ns) = cell(o), cell(r)
             lines.append(f"| {p['name']} | {r['solver']} | {oe} | {os_} | {ne} | {ns} |")
     return "\n".join(lines) + "\n"
+
+
+def _commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
+        )
+        return out.stdout.strip() or None
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -777,6 +798,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "quick": args.quick,
         "argv": " ".join(sys.argv[1:] if argv is None else argv),
+        "commit": _commit(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "target": TARGET,
         "tol": TOL,
