@@ -852,7 +852,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _write(report: dict[str, Any], args: argparse.Namespace, out: pathlib.Path) -> dict:
     md = markdown(report)
     out.mkdir(parents=True, exist_ok=True)
-    if not args.render:
+    inputs = [pathlib.Path(f).resolve() for f in (args.render or "").split(",") if f]
+    if (out / f"{args.name}.json").resolve() not in inputs:  # never overwrite an input
         (out / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=str))
     (out / f"{args.name}.md").write_text(md)
     if args.update_table:
