@@ -851,6 +851,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _write(report: dict[str, Any], args: argparse.Namespace, out: pathlib.Path) -> dict:
     md = markdown(report)
+    table = None
+    if args.compare:
+        old = json.loads(pathlib.Path(args.compare).read_text())
+        table = compare(old, report)
+        md += (
+            "\n## Before / after\n\nBefore: `"
+            + " ".join(["python benchmarks/bench_general.py", old.get("argv", "")]).strip()
+            + f"` ({old.get('date', '?')}). Reach evaluations to err <= {TARGET:g} and the "
+            "claim's status.\n\n" + table
+        )
     out.mkdir(parents=True, exist_ok=True)
     inputs = [pathlib.Path(f).resolve() for f in (args.render or "").split(",") if f]
     if (out / f"{args.name}.json").resolve() not in inputs:  # never overwrite an input
@@ -859,11 +869,8 @@ def _write(report: dict[str, Any], args: argparse.Namespace, out: pathlib.Path) 
     if args.update_table:
         (HERE / "RESULTS_general.md").write_text(md)
     print(md)
-    if args.compare:
-        old = json.loads(pathlib.Path(args.compare).read_text())
-        table = compare(old, report)
+    if table is not None:
         (out / f"{args.name}_compare.md").write_text(table)
-        print(table)
     if "total_s" in report:
         cpu = report.get("total_cpu_s", float("nan"))
         print(f"total {report['total_s']:.0f}s wall, {cpu:.0f}s CPU (process)")
