@@ -196,7 +196,11 @@ def test_best_so_far_squarem_tanh():
 @pytest.mark.parametrize("solver", SOLVERS, ids=_name)
 def test_unconstrained_success_only_at_a_fixed_point(solver, case):
     # y + 0.01 has no fixed point; 1.5 y has only 0 (iterates run away from it).
-    fn = {"shift": lambda y, _: y + 0.01, "expand": lambda y, _: 1.5 * y}[case]
+    scale = {"shift": lambda y: y + 0.01, "expand": lambda y: 1.5 * y}[case]
+
+    def fn(y, _):
+        return jax.tree_util.tree_map(scale, y)
+
     y0 = {"a": jnp.linspace(0.1, 0.5, 5), "b": jnp.array(0.3)}
     sol = optx.fixed_point(fn, solver, y0, max_steps=300, throw=False)
     if case == "shift":
@@ -212,7 +216,7 @@ def test_unconstrained_success_only_at_a_fixed_point(solver, case):
 def test_simplex_map_without_fixed_point_never_successful(solver, case):
     """With `Simplex()` the iterates are renormalised, but the residual tested is that of the
     map itself: a map that does not preserve mass has no fixed point on the simplex."""
-    w = jnp.array([0.9, 1.3, 0.7, 1.1, 1.0])
+    w = jnp.array([0.9, 1.3, 0.7, 1.1, 1.05])  # no w_i = 1: no vertex is fixed
     fn = {
         "shift": lambda p, _: p + 0.01,
         "expand": lambda p, _: 1.5 * p,
@@ -234,10 +238,13 @@ def test_slow_contraction_success_means_close(solver):
     m = q @ jnp.diag(jnp.array([0.9999, 0.99, 0.5, -0.5, 0.2, 0.0])) @ q.T
     b = jnp.linspace(-1.0, 1.0, 6)
     truth = np.linalg.solve(np.eye(6) - np.asarray(m), np.asarray(b))
-    sol = optx.fixed_point(lambda y, _: m @ y + b, solver, jnp.zeros(6), max_steps=3000, throw=False)
+    sol = optx.fixed_point(
+        lambda y, _: m @ y + b, solver, jnp.zeros(6), max_steps=3000, throw=False
+    )
     if sol.result == optx.RESULTS.successful:
         assert _max_error(sol.value, truth) <= 10 * TOL
-    if solver in ACCELERATED:
+    # (SQUAREM's single step length is slow with several slow modes: honesty only.)
+    if isinstance(solver, (curax.Anderson, curax.NewtonKrylov)):
         assert sol.result == optx.RESULTS.successful
 
 

@@ -12,6 +12,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
+import numpy as np
 import optimistix as optx
 from equinox.internal import ω
 from jaxtyping import Array, ArrayLike, PyTree
@@ -107,7 +108,7 @@ def _match_dtypes(fn: Callable, y0: PyTree, args: PyTree, has_aux: bool) -> PyTr
     if all(a.dtype == b.dtype for a, b in zip(jtu.tree_leaves(struct0), jtu.tree_leaves(out))):
         return y0
     if all(
-        jnp.promote_types(a.dtype, b.dtype) == b.dtype
+        np.can_cast(a.dtype, b.dtype, casting="safe")
         for a, b in zip(jtu.tree_leaves(struct0), jtu.tree_leaves(out))
     ):
         cast = jtu.tree_map(lambda y, o: jnp.asarray(y, o.dtype), y0, out)

@@ -96,9 +96,9 @@ class Simplex(AbstractConstraint):
         with the same support: for a replicator map `p -> p G(p)` the log-iterates move
         additively, and a point whose mass were clipped to zero could never regrow;
     - an Anderson candidate is floored at `floor * f(p)` entrywise, then renormalised;
-    - Newton directions are projected onto the tangent space `sum(d) = 0`, and a step that
-        would remove more than 99% of an entry's mass shrinks it geometrically instead, so
-        that it never leaves the simplex.
+    - Newton directions are projected onto the tangent space `sum(d) = 0`, and steps are
+        limited to a trust region in `log p` (no entry more than doubles or shrinks by more
+        than a factor `e` per step), so that they never leave the simplex.
 
     [`curax.fixed_point`][] chooses it for a replicator map such as [`curax.curate`][] when
     the solver has the default [`curax.Unconstrained`][].
@@ -144,12 +144,14 @@ class Simplex(AbstractConstraint):
         step = t * direction
         pos = y > 0
         ratio = jnp.where(pos, step / jnp.where(pos, y, 1.0), 0.0)
-        # Linear while an entry keeps at least 1% of its mass, geometric beyond: first order
-        # the same step, but mass is never driven through zero (under a replicator map it
-        # could not come back); a full step that zeroes a mass divides it by ~100.
-        cut = -0.99
-        shrunk = y * (1 + cut) * jnp.exp(jnp.minimum(ratio - cut, 0.0))
-        new = jnp.where(ratio < cut, shrunk, y + step)
+        # A trust region in log p: no entry more than doubles or loses more than a factor e
+        # in one step. To first order the same step near a fixed point (small `ratio`); far
+        # from it this keeps a Newton step from crushing the mass of the points where the
+        # answer lives (from which a replicator map recovers only geometrically), and mass is
+        # never driven through zero.
+        grown = y + jnp.minimum(step, y)
+        shrunk = y * jnp.exp(jnp.maximum(ratio, -1.0))
+        new = jnp.where(ratio < 0, shrunk, grown)
         return to_simplex(jnp.where(pos, new, 0.0))
 
 

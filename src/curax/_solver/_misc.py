@@ -141,7 +141,8 @@ class Monitor(eqx.Module):
         residual = jnp.where(jnp.isnan(residual), jnp.inf, residual).astype(self.residual.dtype)
         measured = jnp.isfinite(secant)
         secants = jnp.where(
-            measured, self.secants.at[self.slot].set(secant.astype(self.secants.dtype)),
+            measured,
+            self.secants.at[self.slot].set(secant.astype(self.secants.dtype)),
             self.secants,
         )
         slot = jnp.where(measured, (self.slot + 1) % WINDOW, self.slot)

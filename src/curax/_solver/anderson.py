@@ -9,7 +9,7 @@ from jaxtyping import Array, Bool, Int, PyTree, Scalar
 
 from .._custom_types import Aux, Y
 from ._base import AbstractGeneralSolver, AbstractGeneralState
-from ._constraint import AbstractConstraint, Unconstrained
+from ._constraint import AbstractConstraint, Simplex, Unconstrained
 from ._misc import (
     DEFAULT_PATIENCE,
     Monitor,
@@ -18,6 +18,12 @@ from ._misc import (
     tree_sub,
     tree_where,
 )
+
+
+# Unconstrained Anderson accepts a candidate whose residual is up to this many times the best
+# so far: its residuals are not monotone on contractions, and rejecting (which clears the
+# history) throws good steps away.
+_DEFAULT_SAFEGUARD = 10.0
 
 
 class _AndersonState(AbstractGeneralState):
@@ -77,10 +83,10 @@ class Anderson(AbstractGeneralSolver[Y, Aux, _AndersonState]):
     residuals (preallocated buffers, overwritten cyclically), the candidate is
     `y_k + q_k - (dX + dQ) gamma`, `gamma` minimising `|q_k - dQ gamma|^2 + reg |gamma|^2`
     (Hermitian inner products for complex leaves; columns scaled to unit norm, `reg`
-    relative). The candidate is accepted if its residual `|f(c) - c|` is finite and below
-    `safeguard` times the current residual `|f(y_k) - y_k|`; otherwise the plain step
-    `P(f(y_k))` is taken and the history is cleared. One map evaluation per accepted step,
-    two per rejected one.
+    relative). The candidate is accepted if its scaled residual is finite and below
+    `safeguard` times the best so far (by default 10; under [`curax.Simplex`][] by default
+    below the current residual); otherwise the plain step `P(f(y_k))` is taken and the
+    history is cleared. One map evaluation per accepted step, two per rejected one.
 
     **Termination.** Stops when the estimated distance to the fixed point,
     `norm((f(y) - y) / (atol + rtol |f(y)|)) / (1 - rho_hat)`, is below 1, with `1 - rho_hat`
@@ -118,14 +124,14 @@ class Anderson(AbstractGeneralSolver[Y, Aux, _AndersonState]):
     norm: Callable[[PyTree], Scalar] = optx.max_norm
     memory: int = 6
     regularisation: float = 1e-12
-    safeguard: float = 1.0
+    safeguard: float | None = None
     constraint: AbstractConstraint = Unconstrained()
     patience: int | None = DEFAULT_PATIENCE
 
     def __check_init__(self):
         if self.memory < 1:
             raise ValueError(f"`memory` must be >= 1, got {self.memory}.")
-        if not self.safeguard > 0:
+        if self.safeguard is not None and not self.safeguard > 0:
             raise ValueError(f"`safeguard` must be > 0, got {self.safeguard}.")
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> _AndersonState:
@@ -182,11 +188,16 @@ class Anderson(AbstractGeneralSolver[Y, Aux, _AndersonState]):
         cand = con.safeguard(tree_sub(plain, update), plain)
         cand = tree_where(tree_allfinite(cand), cand, plain)
         fc, aux_c = fn(cand, args)
-        res_c = self.norm(tree_sub(fc, cand))
-        res_y = self.norm(tree_sub(state.fy, y))
+        err_c = self._error(cand, fc)
+        if self.safeguard is None and isinstance(con, Simplex):
+            # Mass lost on the simplex is slow to regain: the residual must decrease.
+            bound = state.monitor.residual
+        else:
+            factor = _DEFAULT_SAFEGUARD if self.safeguard is None else self.safeguard
+            bound = factor * state.monitor.best
         mixing = jnp.any(filled)
         # Without history the candidate is the plain step itself: nothing to reject.
-        accept = ~mixing | (jnp.isfinite(res_c) & (res_c < self.safeguard * res_y))
+        accept = ~mixing | (jnp.isfinite(err_c) & (err_c < bound))
 
         def take_plain():
             f2, aux2 = fn(plain, args)
@@ -221,8 +232,9 @@ Anderson.__init__.__doc__ = """**Arguments:**
 - `memory`: number of past differences kept (static), default 6.
 - `regularisation`: Tikhonov regularisation of the least-squares problem (its columns scaled
     to unit norm), default `1e-12`.
-- `safeguard`: a candidate whose residual exceeds `safeguard` times the current residual is
-    rejected (default 1: the residual must decrease).
+- `safeguard`: a candidate whose scaled residual exceeds `safeguard` times the best so far
+    is rejected. Default `None`: 10, or under [`curax.Simplex`][] "must be below the
+    current residual".
 - `constraint`: [`curax.Unconstrained`][] (default) or [`curax.Simplex`][].
 - `patience`: steps without a 1% improvement of the best residual (with most mixing steps
     rejected) after which the solve is declared stalled; `None` never.

@@ -37,8 +37,9 @@ class SQUAREM(AbstractGeneralSolver[Y, Aux, _SquaremState]):
     `step_factor` after each accepted maximal step) to `y' = y0 - 2 alpha r + alpha^2 v`, and
     stabilises with `f(y')`. If the residual `|f(y') - y'|` exceeds the plain step's
     `|y2 - y1|` (or is not finite), the extrapolation is rejected: the plain step `y2` is
-    taken and, if the step was at its cap, `step_max` shrinks by `step_factor`. One more evaluation gives the image of the new
-    iterate, whose residual is what termination tests: three map evaluations per step.
+    taken and, if the step was at its cap, `step_max` shrinks by `step_factor`. One more
+    evaluation gives the image of the new iterate, whose residual is what termination
+    tests: three map evaluations per step.
 
     **Termination.** Stops when the estimated distance to the fixed point,
     `norm((f(y) - y) / (atol + rtol |f(y)|)) / (1 - rho_hat)`, is below 1, with `rho_hat`
