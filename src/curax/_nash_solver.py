@@ -307,8 +307,7 @@ def _barycentres(idx: Array, q: Array, shape: tuple[int, ...]) -> tuple[Array, A
     out = []
     for corner in corners:
         c = [
-            jnp.clip(base[:, i] + corner[i], 0, shape[i] - 1).astype(idx.dtype)
-            for i in range(ndim)
+            jnp.clip(base[:, i] + corner[i], 0, shape[i] - 1).astype(idx.dtype) for i in range(ndim)
         ]
         out.append(jnp.ravel_multi_index(tuple(c), shape, mode="clip"))
     new = jnp.stack(out, axis=1).reshape(-1)
@@ -471,8 +470,16 @@ def _column_generation(
             return slots, ok, idx, q, u, lgap, r + 1, iters + it
 
         z = jnp.zeros((k,), itype)
-        init = (slots, ok, z, jnp.zeros((k,), e.dtype), jnp.zeros((m,), e.dtype),
-                jnp.array(jnp.inf, e.dtype), jnp.array(0), jnp.array(0))
+        init = (
+            slots,
+            ok,
+            z,
+            jnp.zeros((k,), e.dtype),
+            jnp.zeros((m,), e.dtype),
+            jnp.array(jnp.inf, e.dtype),
+            jnp.array(0),
+            jnp.array(0),
+        )
         _, _, idx, q, u, _, r, iters = lax.while_loop(cond, body, init)
         return idx, q, u, iters, r
 
@@ -494,8 +501,18 @@ def _column_generation(
         gap = jnp.max(g) - 1
         slots, ok, pool, pool_ok = price(g, idx, q)
         return _LevelState(
-            slots, ok, pool, pool_ok, idx, q, u, g, gap, st.passes + 1,
-            st.master_iters + iters, st.rounds + r,
+            slots,
+            ok,
+            pool,
+            pool_ok,
+            idx,
+            q,
+            u,
+            g,
+            gap,
+            st.passes + 1,
+            st.master_iters + iters,
+            st.rounds + r,
         )
 
     init = _LevelState(
@@ -549,6 +566,7 @@ class NashResult(eqx.Module):
     gap: Float[Array, ""]
     support: Int[Array, " k"]
     weights: Float[Array, " k"]
+    anchors: Int[Array, " m"]
     passes: Float[Array, ""]
     fine_passes: Int[Array, ""]
     master_iters: Int[Array, ""]
@@ -559,7 +577,7 @@ class NashResult(eqx.Module):
 def solve_nash(
     e: Float[Array, "m n"],
     alpha: Float[Array, " m"],
-    anchors: Int[Array, " m"],
+    anchors: Int[Array, " m"] | None,
     *,
     grid_shape: tuple[int, ...] | None,
     tol: float,
@@ -571,7 +589,10 @@ def solve_nash(
     max_rounds: int = 8,
 ) -> NashResult:
     """Multilevel column generation (levels only with grid geometry). `anchors` are one column
-    per reward where that reward's utility is largest (so no utility is ever 0)."""
+    per reward where that reward's utility is largest (so no utility is ever 0). `None`: the
+    caller guarantees `e > 0` everywhere (exp-utilities that cannot underflow) and the anchors
+    are taken on the coarsest level (a read of `e` only without levels); `NashResult.anchors`
+    holds the ones used, in fine indices."""
     m, n = e.shape
     geometric = grid_shape is not None
     shape: tuple[int, ...] = tuple(grid_shape) if geometric else (n,)  # pyright: ignore
@@ -587,6 +608,7 @@ def solve_nash(
     mats = [e]
     for s in shapes[1:]:
         mats.append(_coarsen(mats[-1], shapes[len(mats) - 1]))
+    top = len(shapes) - 1
 
     # Coarsest level: start from the anchors mapped down.
     def down(idx: Array, level: int) -> Array:
@@ -594,9 +616,20 @@ def solve_nash(
         factor = _STRIDE**level
         return jnp.ravel_multi_index(tuple(c // factor for c in coords), shapes[level], mode="clip")
 
+    def up(idx: Array, level: int) -> Array:
+        coords = jnp.unravel_index(idx, shapes[level])
+        factor = _STRIDE**level
+        return jnp.ravel_multi_index(tuple(c * factor for c in coords), shape, mode="clip")
+
+    if anchors is None:
+        coarse_anchors = jnp.argmax(mats[top], axis=1)
+        anchors = up(coarse_anchors, top)
+        init_idx = coarse_anchors
+    else:
+        init_idx = down(anchors, top)
     passes = jnp.array(0.0, e.dtype)
-    top = len(shapes) - 1
-    init_idx = down(anchors, top)
+    master_iters = jnp.array(0)
+    rounds = jnp.array(0)
     init_ok = alpha > 0
     st: Any = None
     for level in range(top, -1, -1):
@@ -616,6 +649,8 @@ def solve_nash(
             max_passes=max_passes if finest else _COARSE_PASSES,
         )
         passes = passes + st.passes.astype(e.dtype) * (math.prod(shapes[level]) / n)
+        master_iters = master_iters + st.master_iters
+        rounds = rounds + st.rounds
         if not finest:
             sup = st.q[:keep] > 0
             init_idx = _refine_index(st.idx[:keep], shapes[level], shapes[level - 1])
@@ -631,9 +666,10 @@ def solve_nash(
         gap=st.gap,
         support=st.idx[:keep],
         weights=st.q[:keep],
+        anchors=anchors,
         passes=passes,
         fine_passes=st.passes,
-        master_iters=st.master_iters,
-        rounds=st.rounds,
+        master_iters=master_iters,
+        rounds=rounds,
         num_slots=keep,
     )
