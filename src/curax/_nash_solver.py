@@ -118,7 +118,7 @@ def solve_master(
             chol = jnp.linalg.cholesky(jnp.diag(d) + c.T @ c)
 
             def msolve(v):
-                return jnp.where(valid, jax.scipy.linalg.cho_solve((chol, True), v), 0.0)
+                return jnp.where(valid[:, None], jax.scipy.linalg.cho_solve((chol, True), v), 0.0)
 
             return msolve
         # Partitioned: the `num_active` columns with the smallest z / q (the ones the optimum
@@ -140,24 +140,30 @@ def solve_master(
         s_chol = jnp.linalg.cholesky(s_mat)
 
         def msolve(v):
+            # `v` is (k, j): several right-hand sides share one traced solve (compile time).
             v_a, v_i = v[act], v[ina]
             x_a = jax.scipy.linalg.cho_solve((s_chol, True), v_a - c_a.T @ wsolve(ci_d @ v_i))
             r_i = v_i - c_i.T @ (c_a @ x_a)
-            x_i = r_i / d_i - ci_d.T @ wsolve(ci_d @ r_i)
+            x_i = r_i / d_i[:, None] - ci_d.T @ wsolve(ci_d @ r_i)
             out = jnp.zeros_like(v).at[act].set(x_a).at[ina].set(x_i)
-            return jnp.where(valid, out, 0.0)
+            return jnp.where(valid[:, None], out, 0.0)
 
         return msolve
 
-    def newton(msolve, q, z, rd, rc):
+    def newton(msolve, q, z, rd, rc, x_1=None):
+        # x_1 = M^{-1} 1 depends only on the factorisation: solved with the predictor's
+        # right-hand side and reused by the corrector.
         qs = jnp.where(valid, q, 1.0)
         b = jnp.where(valid, rd - rc / qs, 0.0)
-        x_b = msolve(b)
-        x_1 = msolve(valid.astype(dtype))
+        if x_1 is None:
+            x = msolve(jnp.stack([b, valid.astype(dtype)], axis=1))
+            x_b, x_1 = x[:, 0], x[:, 1]
+        else:
+            x_b = msolve(b[:, None])[:, 0]
         dlam = jnp.sum(x_b) / jnp.sum(x_1)
         dq = x_b - dlam * x_1
         dz = jnp.where(valid, (-rc - z * dq) / qs, 0.0)
-        return dq, dz, dlam
+        return dq, dz, dlam, x_1
 
     def max_step(x, dx):
         ratio = jnp.where(valid & (dx < 0), -x / jnp.where(dx < 0, dx, -1.0), jnp.inf)
@@ -178,13 +184,13 @@ def solve_master(
         u, rd, mu = residuals(q, z, lam)
         # Predictor (affine scaling).
         msolve = factor(q, z, u)
-        dq_a, dz_a, _ = newton(msolve, q, z, rd, q * z)
+        dq_a, dz_a, _, x_1 = newton(msolve, q, z, rd, q * z)
         s_a = jnp.minimum(max_step(q, dq_a), max_step(z, dz_a))
         mu_a = jnp.sum((q + s_a * dq_a) * (z + s_a * dz_a)) / nv
         sigma = jnp.clip((mu_a / mu) ** 3, 0.0, 1.0)
         # Corrector.
         rc = q * z + dq_a * dz_a - sigma * mu
-        dq, dz, dlam = newton(msolve, q, z, rd, rc)
+        dq, dz, dlam, _ = newton(msolve, q, z, rd, rc, x_1)
         frac = jnp.maximum(0.99, 1.0 - mu)
         s = frac * jnp.minimum(max_step(q, dq), max_step(z, dz))
         q_new = jnp.where(valid, jnp.maximum(q + s * dq, 0.0), 0.0)
