@@ -440,9 +440,19 @@ def main():
     ap.add_argument("--cvxpy", action="store_true", help="CVXPY + Clarabel at n <= 1e5")
     ap.add_argument("--cvx-timeout", type=float, default=120.0)
     ap.add_argument("--batch", action="store_true")
+    ap.add_argument("--n", type=int, help="only this size (with --m and --seeds)")
+    ap.add_argument("--m", default="8", help="comma-separated m (with --n)")
+    ap.add_argument("--seeds", default="0,1", help="comma-separated seeds (with --n)")
+    ap.add_argument("--no-curation", action="store_true")
+    ap.add_argument("--curation-seeds", default="0,1")
     args = ap.parse_args()
     fams = args.families.split(",")
-    if args.quick:
+    if args.n:
+        ms = [int(x) for x in args.m.split(",")]
+        seeds = [int(x) for x in args.seeds.split(",")]
+        configs = [(f, args.n, m, s) for f in fams for m in ms for s in seeds]
+        curation = (1_000_000, 8, [int(x) for x in args.curation_seeds.split(",")])
+    elif args.quick:
         configs = [(f, 10_000, m, s) for f in fams for m in (2, 8) for s in (0, 1)]
         curation = (100_000, 8, [0])
     else:
@@ -466,7 +476,7 @@ def main():
         },
         "repeats": args.repeats,
     }
-    res["curation"] = bench_curation(*curation, args.repeats)
+    res["curation"] = [] if args.no_curation else bench_curation(*curation, args.repeats)
     res["solves"] = bench_solves(
         configs, args.repeats, 100_000 if args.cvxpy else 0, args.cvx_timeout
     )

@@ -302,12 +302,20 @@ def nash_solution(
     Maximises `Phi(p) = sum_i alpha_i log (U p)_i` by fully corrective column generation: each
     pass reads `U` once to form the gradient `g = U^T (alpha / U p)` (the K -> infinity growth
     factor), stops when the Frank-Wolfe gap `max g - 1 <= tol` (which bounds `Phi* - Phi(p)`),
-    else adds the largest local maxima of `g` (with a stencil of neighbours at distances
-    1, 2, 4, 8 when `grid_shape` is given) to a small set of active columns and re-solves the
-    restricted problem on them with a primal-dual interior-point method. With `grid_shape`,
-    coarse levels (stride 8 per dimension, while >= 2,000 points remain) hand their support to
-    finer ones. The optimum has at most `m` atoms generically, so a fixed number of slots
-    (`2 m + 4` kept columns) makes the solve `jit`- and `vmap`-able.
+    else adds the largest local maxima of `g` (with a stencil of neighbours when `grid_shape`
+    is given) to a small set of active columns and re-solves the restricted problem on them
+    with a primal-dual interior-point method. Between passes, rounds that gather only a few
+    columns re-price the pass's best candidates and, on a grid, a multi-scale window around
+    every atom and the barycentres of neighbouring atoms: near-duplicate neighbouring columns
+    no longer make the passes creep towards each peak, and one pass usually certifies what the
+    rounds found. With `grid_shape`, coarse levels (stride 8 per dimension, while >= 2,000
+    points remain) hand their support to finer ones. The optimum has at most `m` atoms
+    generically, so a fixed number of slots (`2 m + 4` kept columns) makes the solve `jit`-
+    and `vmap`-able.
+
+    From a [`curax.CurationProblem`][] with K = infinity on every row, the solve reads the
+    problem's cached `exp(r / tau - max)` (the K -> infinity map's cache) instead of
+    recomputing the exponentials: build the problem once and solve it as often as needed.
 
     A mixture-family feasible set `{a @ family}` is solved as the simplex problem of the
     matrix `U @ family.T` (no grid); `value` is then `a @ family`.
@@ -346,7 +354,8 @@ def nash_solution(
     in the user's units, equal to [`curax.potential`][] for a curation problem), `fw_gap`,
     `support` (padded column indices) and `support_weights`, `num_passes` (reads of `U`,
     coarse levels counted by their size), `num_steps` (passes on the finest level),
-    `master_iterations`, `infinite_k_limit`. `result` is `certificate_failed` or
+    `master_iterations` (interior-point steps, all levels), `rounds` (restricted master
+    solves between passes, all levels), `infinite_k_limit`. `result` is `certificate_failed` or
     `nonlinear_max_steps_reached` when the gap is above `tol`.
 
     !!! Example
@@ -524,7 +533,7 @@ def _nash_solution_core(
         u = res.u  # = E p on the active columns: no extra read of E
     if log_scale is None:
         assert scaled_from is not None
-        log_scale = _row_shift(e, scaled_from, jnp.concatenate([res.anchors, res.support]))
+        log_scale = _row_shift(scaled_from, res.anchors, res.anchor_values)
     ok = alpha > 0
     safe_u = jnp.where(u > 0, u, 1.0)
     log_u = jnp.where(u > 0, jnp.log(safe_u), -jnp.inf) + log_scale
@@ -555,17 +564,14 @@ def _nash_solution_core(
     return p, u, objective, log_u, stats, result
 
 
-def _row_shift(e: Array, scaled_from: tuple[Array, Array], cols: Array) -> Array:
-    """The row maxima `max_x s_i(x)` of the scaled rewards behind `e = exp(s - max s)`, from a
-    few columns: `s_i(x) - log e_i(x)` at the column where `e_i` is largest (exact there when
-    `e_i(x) = 1`; otherwise within rounding of `log`)."""
+def _row_shift(scaled_from: tuple[Array, Array], anchors: Array, values: Array) -> Array:
+    """The row maxima `max_x s_i(x)` of the scaled rewards behind `e = exp(s - max s)`, from
+    one column per row: `s_i(x) - log e_i(x)` at its anchor (exact where `e_i(x) = 1`, else
+    within rounding of `log`; `e_i(x) > 0` because the anchors' rewards cannot underflow)."""
     rewards, temperature = scaled_from
-    t = temperature[:, None] if temperature.ndim else temperature
-    s = rewards[:, cols] / t
-    ec = e[:, cols]
-    best = jnp.argmax(ec, axis=1)
-    rows = jnp.arange(e.shape[0])
-    return s[rows, best] - jnp.log(ec[rows, best])
+    rows = jnp.arange(rewards.shape[0])
+    s = rewards[rows, anchors] / temperature
+    return s - jnp.log(values)
 
 
 # ------------------------------------------------------------------------------------------

@@ -422,7 +422,10 @@ def _column_generation(
     nbary = 2 * keep * 2**ndim if stencil else 0
     k = keep + candidates * nstencil + nbary
     window = _window_offsets(shape) if stencil else []
-    itype = init_idx.dtype
+    # Column indices in the default integer type (what argmax and top_k return), whatever
+    # the caller's anchors are.
+    itype = jax.dtypes.canonicalize_dtype(jnp.int64)
+    init_idx = init_idx.astype(itype)
 
     def pad(x, size, fill):
         s = x.shape[0]
@@ -506,7 +509,14 @@ def _column_generation(
         idx, q, u, iters, r = rounds(st.slots, st.slots_ok, st.pool, st.pool_ok)
         g = _safe_ratio(alpha, u) @ e
         gap = jnp.max(g) - 1
-        slots, ok, pool, pool_ok = price(g, idx, q)
+        # Pricing sweeps g several times (~1/3 of a one-pass time at n = 1e6): skipped once
+        # the pass certified (or was the last).
+        last = (gap <= tol) | (st.passes + 1 >= max_passes)
+        slots, ok, pool, pool_ok = lax.cond(
+            last,
+            lambda: (st.slots, st.slots_ok, st.pool, st.pool_ok),
+            lambda: price(g, idx, q),
+        )
         return _LevelState(
             slots,
             ok,
@@ -544,27 +554,38 @@ def _column_generation(
 # ------------------------------------------------------------------------------------------
 
 
-def _levels(shape: tuple[int, ...], multilevel: bool) -> list[tuple[int, ...]]:
-    shapes = [shape]
+def _levels(shape: tuple[int, ...], multilevel: bool) -> tuple[list[tuple[int, ...]], int]:
+    """The fine grid and, with `multilevel`, one coarse grid: stride `8^j` per dimension for
+    the largest `j` that keeps >= 2,000 points. Returns `(shapes, stride)`.
+
+    One coarse level, not a chain of stride-8 levels: a stride-8 copy of a 1-D `E` touches
+    every cache line (a full read, ~1 one-pass time measured at n = 1e6), while stride 64
+    touches 1/8 of them; the multi-scale windows of the rounds bridge the larger stride on the
+    fine level, and one level fewer is one copy fewer of the solver to compile."""
     if not multilevel:
-        return shapes
+        return [shape], 1
+    j = 0
     while True:
-        nxt = tuple(-(-s // _STRIDE) for s in shapes[-1])
-        if math.prod(nxt) < _MIN_COARSE_POINTS or nxt == shapes[-1]:
-            return shapes
-        shapes.append(nxt)
+        nxt = tuple(-(-s // _STRIDE ** (j + 1)) for s in shape)
+        if math.prod(nxt) < _MIN_COARSE_POINTS or nxt == tuple(-(-s // _STRIDE**j) for s in shape):
+            break
+        j += 1
+    if j == 0:
+        return [shape], 1
+    stride = _STRIDE**j
+    return [shape, tuple(-(-s // stride) for s in shape)], stride
 
 
-def _coarsen(e: Array, shape: tuple[int, ...]) -> Array:
+def _coarsen(e: Array, shape: tuple[int, ...], stride: int) -> Array:
     m = e.shape[0]
     x = e.reshape((m,) + shape)
-    sl = (slice(None),) + tuple(slice(None, None, _STRIDE) for _ in shape)
+    sl = (slice(None),) + tuple(slice(None, None, stride) for _ in shape)
     return x[sl].reshape(m, -1)
 
 
-def _refine_index(idx: Array, coarse: tuple[int, ...], fine: tuple[int, ...]) -> Array:
+def _refine_index(idx: Array, coarse: tuple[int, ...], fine: tuple[int, ...], stride: int) -> Array:
     coords = jnp.unravel_index(idx, coarse)
-    return jnp.ravel_multi_index(tuple(c * _STRIDE for c in coords), fine, mode="clip")
+    return jnp.ravel_multi_index(tuple(c * stride for c in coords), fine, mode="clip")
 
 
 class NashResult(eqx.Module):
@@ -574,6 +595,7 @@ class NashResult(eqx.Module):
     support: Int[Array, " k"]
     weights: Float[Array, " k"]
     anchors: Int[Array, " m"]
+    anchor_values: Float[Array, " m"]
     passes: Float[Array, ""]
     fine_passes: Int[Array, ""]
     master_iters: Int[Array, ""]
@@ -611,22 +633,21 @@ def solve_nash(
         keep = 2 * m + 4
     if pool_size is None:
         pool_size = 4 * candidates
-    shapes = _levels(shape, multilevel and geometric)
-    mats = [e]
-    for s in shapes[1:]:
-        mats.append(_coarsen(mats[-1], shapes[len(mats) - 1]))
+    shapes, stride = _levels(shape, multilevel and geometric)
+    mats = [e] + [_coarsen(e, shape, stride) for _ in shapes[1:]]
     top = len(shapes) - 1
+    factors = [1, stride][: len(shapes)]
 
     # Coarsest level: start from the anchors mapped down.
     def down(idx: Array, level: int) -> Array:
         coords = jnp.unravel_index(idx, shape)
-        factor = _STRIDE**level
-        return jnp.ravel_multi_index(tuple(c // factor for c in coords), shapes[level], mode="clip")
+        f = factors[level]
+        return jnp.ravel_multi_index(tuple(c // f for c in coords), shapes[level], mode="clip")
 
     def up(idx: Array, level: int) -> Array:
         coords = jnp.unravel_index(idx, shapes[level])
-        factor = _STRIDE**level
-        return jnp.ravel_multi_index(tuple(c * factor for c in coords), shape, mode="clip")
+        f = factors[level]
+        return jnp.ravel_multi_index(tuple(c * f for c in coords), shape, mode="clip")
 
     if anchors is None:
         coarse_anchors = jnp.argmax(mats[top], axis=1)
@@ -634,6 +655,8 @@ def solve_nash(
         init_idx = coarse_anchors
     else:
         init_idx = down(anchors, top)
+    # Read before the loops: XLA copies a loop-carried E (~2 reads) that is used after them.
+    anchor_values = e[jnp.arange(m), anchors]
     passes = jnp.array(0.0, e.dtype)
     master_iters = jnp.array(0)
     rounds = jnp.array(0)
@@ -660,7 +683,7 @@ def solve_nash(
         rounds = rounds + st.rounds
         if not finest:
             sup = st.q[:keep] > 0
-            init_idx = _refine_index(st.idx[:keep], shapes[level], shapes[level - 1])
+            init_idx = _refine_index(st.idx[:keep], shapes[level], shapes[level - 1], stride)
             init_ok = sup
             if level - 1 == 0:
                 # The finest level also gets the anchors, so every utility stays positive.
@@ -674,6 +697,7 @@ def solve_nash(
         support=st.idx[:keep],
         weights=st.q[:keep],
         anchors=anchors,
+        anchor_values=anchor_values,
         passes=passes,
         fine_passes=st.passes,
         master_iters=master_iters,
