@@ -383,7 +383,7 @@ def markdown(res):
                 + " |"
             )
         lines.append("")
-        big = [r for r in rows if r["n"] >= 100_000 and r["m"] <= 16]
+        big = [r for r in rows if r["n"] >= 90_000 and r["m"] <= 16]
         if big:
             worst.append(
                 (
