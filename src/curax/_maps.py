@@ -135,7 +135,7 @@ def _phi_mode(ks: tuple[int, ...], num_nodes: int, dtype: Any) -> str:
     - "expm1": `log1p(sum p expm1(-tw))`, exact where phi is near 1; where phi < 1/2 it loses
       accuracy, but when (K - 1) log 2 >= u_max + margin such nodes have negligible
       phi^(K-1) (see `_RELEVANT_MARGIN`).
-    - "both": the two sums, log1p where t E_p[w] < 1 (design notes, section 7).
+    - "both": the two sums, log1p where t E_p[w] < 1 (docs/finite_k.md).
     """
     if jnp.finfo(dtype).bits < 64:
         return "both"

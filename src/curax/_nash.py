@@ -6,7 +6,7 @@ a disagreement point `d` and a feasible set (the simplex, or a mixture family). 
 the log weighted Nash product `sum_i alpha_i log(u_i(p) - d_i)`.
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -302,12 +302,20 @@ def nash_solution(
     Maximises `Phi(p) = sum_i alpha_i log (U p)_i` by fully corrective column generation: each
     pass reads `U` once to form the gradient `g = U^T (alpha / U p)` (the K -> infinity growth
     factor), stops when the Frank-Wolfe gap `max g - 1 <= tol` (which bounds `Phi* - Phi(p)`),
-    else adds the largest local maxima of `g` (with a stencil of neighbours at distances
-    1, 2, 4, 8 when `grid_shape` is given) to a small set of active columns and re-solves the
-    restricted problem on them with a primal-dual interior-point method. With `grid_shape`,
-    coarse levels (stride 8 per dimension, while >= 2,000 points remain) hand their support to
-    finer ones. The optimum has at most `m` atoms generically, so a fixed number of slots
-    (`2 m + 4` kept columns) makes the solve `jit`- and `vmap`-able.
+    else adds the largest local maxima of `g` (with a stencil of neighbours when `grid_shape`
+    is given) to a small set of active columns and re-solves the restricted problem on them
+    with a primal-dual interior-point method. Between passes, rounds that gather only a few
+    columns re-price the pass's best candidates and, on a grid, a multi-scale window around
+    every atom and the barycentres of neighbouring atoms: near-duplicate neighbouring columns
+    no longer make the passes creep towards each peak, and one pass usually certifies what the
+    rounds found. With `grid_shape`, coarse levels (stride 8 per dimension, while >= 2,000
+    points remain) hand their support to finer ones. The optimum has at most `m` atoms
+    generically, so a fixed number of slots (`2 m + 4` kept columns) makes the solve `jit`-
+    and `vmap`-able.
+
+    From a [`curax.CurationProblem`][] with K = infinity on every row, the solve reads the
+    problem's cached `exp(r / tau - max)` (the K -> infinity map's cache) instead of
+    recomputing the exponentials: build the problem once and solve it as often as needed.
 
     A mixture-family feasible set `{a @ family}` is solved as the simplex problem of the
     matrix `U @ family.T` (no grid); `value` is then `a @ family`.
@@ -346,7 +354,8 @@ def nash_solution(
     in the user's units, equal to [`curax.potential`][] for a curation problem), `fw_gap`,
     `support` (padded column indices) and `support_weights`, `num_passes` (reads of `U`,
     coarse levels counted by their size), `num_steps` (passes on the finest level),
-    `master_iterations`, `infinite_k_limit`. `result` is `certificate_failed` or
+    `master_iterations` (interior-point steps, all levels), `rounds` (restricted master
+    solves between passes, all levels), `infinite_k_limit`. `result` is `certificate_failed` or
     `nonlinear_max_steps_reached` when the gap is above `tol`.
 
     !!! Example
@@ -358,45 +367,110 @@ def nash_solution(
         ```
     """
     if isinstance(problem, CurationProblem):
+        if _all_infinite_k(problem):
+            return _nash_from_curation(
+                problem,
+                grid_shape=grid_shape,
+                tol=tol,
+                max_passes=max_passes,
+                multilevel=multilevel,
+                throw=throw,
+            )
         problem = BargainingProblem.from_curation(problem)
     if not isinstance(problem, BargainingProblem):
         raise ValueError(
             f"`problem` must be a BargainingProblem or CurationProblem, got {type(problem)}."
         )
-    dtype = problem.utilities.dtype
-    if tol is None:
-        tol = 1e-12 if jnp.finfo(dtype).bits == 64 else 1e-5
-    if not isinstance(max_passes, int) or max_passes < 1:
-        raise ValueError(f"`max_passes` must be a positive int, got {max_passes!r}.")
-    if problem.family is not None and grid_shape is not None:
-        raise ValueError("`grid_shape` cannot be used with a mixture-family feasible set.")
-    if grid_shape is not None:
-        grid_shape = tuple(int(g) for g in grid_shape)
+    tol, grid_shape = _solve_options(
+        problem.utilities.dtype, tol, max_passes, grid_shape, problem.family is not None
+    )
     # The jitted core sees arrays only (not the problem's static labels), so problems that
     # differ only in `utility` or `infinite_k_limit` share one compilation.
-    p, u, objective, log_u, stats, result = _nash_solution_core(
+    out = _nash_solution_core(
         problem.utilities,
         problem.weights,
         problem.disagreement,
         problem.family,
         problem.log_scale,
         problem.anchors,
+        None,
         grid_shape=grid_shape,
-        tol=float(tol),
+        tol=tol,
         max_passes=max_passes,
         multilevel=bool(multilevel),
         check_sign=problem.utility != "exp",
     )
+    return _finish(out, max_passes, problem.infinite_k_limit, throw)
+
+
+def _all_infinite_k(problem: CurationProblem) -> bool:
+    return problem.tilt_weights is not None and all(k is None for k in problem.ks)
+
+
+def _solve_options(
+    dtype: Any, tol: float | None, max_passes: int, grid_shape: Any, family: bool
+) -> tuple[float, tuple[int, ...] | None]:
+    if tol is None:
+        tol = 1e-12 if jnp.finfo(dtype).bits == 64 else 1e-5
+    if not isinstance(max_passes, int) or max_passes < 1:
+        raise ValueError(f"`max_passes` must be a positive int, got {max_passes!r}.")
+    if family and grid_shape is not None:
+        raise ValueError("`grid_shape` cannot be used with a mixture-family feasible set.")
+    if grid_shape is not None:
+        grid_shape = tuple(int(g) for g in grid_shape)
+    return float(tol), grid_shape
+
+
+def _finish(out: tuple, max_passes: int, infinite_k_limit: bool, throw: bool) -> Solution:
+    p, u, objective, log_u, stats, result = out
     stats = dict(stats)
     stats.update(
         u=u,
         log_utilities=log_u,
         objective=objective,
         max_steps=jnp.array(max_passes),
-        infinite_k_limit=jnp.array(problem.infinite_k_limit),
+        infinite_k_limit=jnp.array(infinite_k_limit),
     )
     sol = Solution(value=p, result=result, aux=None, stats=stats, state=None)
     return throw_if_failed(sol, throw)
+
+
+def _nash_from_curation(
+    problem: CurationProblem,
+    *,
+    grid_shape: Any,
+    tol: float | None,
+    max_passes: int,
+    multilevel: bool,
+    throw: bool,
+) -> Solution:
+    """K = infinity on every row: solve on the problem's cached `exp(s - max s)` (the same
+    normalisation as `BargainingProblem.from_curation`, so the same certificate) instead of
+    recomputing the exponentials of the whole reward matrix. The row shifts (`log_scale`)
+    are recovered from the rewards at a few columns: `max s = s(x) - log E(x)`."""
+    cache = problem.tilt_weights
+    assert cache is not None
+    m = problem.num_rewards
+    tol, grid_shape = _solve_options(cache.dtype, tol, max_passes, grid_shape, False)
+    # With a spread that cannot underflow every cached weight is > 0, and the anchors (a
+    # column where each utility is largest) may come from the coarsest level; otherwise they
+    # are computed exactly (a read of the cache).
+    anchors = None if problem.narrow else jnp.argmax(cache, axis=1)
+    out = _nash_solution_core(
+        cache,
+        problem.weights,
+        jnp.zeros((m,), cache.dtype),
+        None,
+        None,
+        anchors,
+        (problem.rewards, problem.temperature),
+        grid_shape=grid_shape,
+        tol=tol,
+        max_passes=max_passes,
+        multilevel=bool(multilevel),
+        check_sign=False,
+    )
+    return _finish(out, max_passes, False, throw)
 
 
 @eqx.filter_jit
@@ -405,8 +479,9 @@ def _nash_solution_core(
     alpha: Array,
     disagreement: Array,
     family: Array | None,
-    log_scale: Array,
-    anchors: Array,
+    log_scale: Array | None,
+    anchors: Array | None,
+    scaled_from: tuple[Array, Array] | None,
     *,
     grid_shape: tuple[int, ...] | None,
     tol: float,
@@ -435,8 +510,12 @@ def _nash_solution_core(
         e = e @ family.T
         anchors = jnp.argmax(e, axis=1)
     # A utility with positive weight that is 0 on every column (its maximum, at the anchor,
-    # is 0): no feasible point has all utilities above the disagreement point 0.
-    infeasible = jnp.any((alpha > 0) & (e[jnp.arange(e.shape[0]), anchors] <= 0))
+    # is 0): no feasible point has all utilities above the disagreement point 0. (No anchors:
+    # positive exp-utilities, feasible by construction.)
+    if anchors is None:
+        infeasible = jnp.array(False)
+    else:
+        infeasible = jnp.any((alpha > 0) & (e[jnp.arange(e.shape[0]), anchors] <= 0))
     res = solve_nash(
         e,
         alpha,
@@ -452,6 +531,9 @@ def _nash_solution_core(
         u = utilities @ p
     else:
         u = res.u  # = E p on the active columns: no extra read of E
+    if log_scale is None:
+        assert scaled_from is not None
+        log_scale = _row_shift(scaled_from, res.anchors, res.anchor_values)
     ok = alpha > 0
     safe_u = jnp.where(u > 0, u, 1.0)
     log_u = jnp.where(u > 0, jnp.log(safe_u), -jnp.inf) + log_scale
@@ -477,8 +559,19 @@ def _nash_solution_core(
         "num_passes": res.passes,
         "num_steps": res.fine_passes,
         "master_iterations": res.master_iters,
+        "rounds": res.rounds,
     }
     return p, u, objective, log_u, stats, result
+
+
+def _row_shift(scaled_from: tuple[Array, Array], anchors: Array, values: Array) -> Array:
+    """The row maxima `max_x s_i(x)` of the scaled rewards behind `e = exp(s - max s)`, from
+    one column per row: `s_i(x) - log e_i(x)` at its anchor (exact where `e_i(x) = 1`, else
+    within rounding of `log`; `e_i(x) > 0` because the anchors' rewards cannot underflow)."""
+    rewards, temperature = scaled_from
+    rows = jnp.arange(rewards.shape[0])
+    s = rewards[rows, anchors] / temperature
+    return s - jnp.log(values)
 
 
 # ------------------------------------------------------------------------------------------
