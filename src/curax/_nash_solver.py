@@ -408,7 +408,7 @@ def _column_generation(
     best candidates and (on a grid) a multi-scale window around every support atom. A round
     costs `O(m * pool)` plus a master solve, against `O(m * n)` for a pass; the rounds move
     atoms to the optimum's grid points, which passes alone approach only by bisection
-    (near-duplicate columns, design notes, section 6), so a level typically needs one pass to
+    (near-duplicate columns, docs/nash_solver.md), so a level typically needs one pass to
     certify what the rounds found. The gap `max g - 1` belongs to the returned iterate. `g` is
     carried in the loop state so that nothing reads `E` after the loop (XLA would copy the
     loop-carried `E`, ~2 reads, to use it afterwards).
