@@ -47,7 +47,7 @@ class SQUAREM(AbstractGeneralSolver[Y, Aux, _SquaremState]):
     estimates `1 - rho` along `r`) and in the steps taken, over the last 16 steps (see
     `docs/solvers.md`). A stall (no 1% progress in `patience` steps, with most
     extrapolations rejected) is reported as `optx.RESULTS.nonlinear_divergence`
-    ([`curax.RESULTS.stalled`][] through [`curax.fixed_point`][]).
+    (`curax.RESULTS.stalled` through [`curax.fixed_point`][]).
 
     **Constraint.** With [`curax.Simplex`][] the images are renormalised and the
     extrapolation is done in `log p` on the points with mass, so the iterate stays positive
