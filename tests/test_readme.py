@@ -17,7 +17,7 @@ def _blocks():
 
 
 def test_readme_has_examples():
-    assert len(_blocks()) >= 4
+    assert len(_blocks()) >= 5
 
 
 def _lines(text):
@@ -37,7 +37,7 @@ def test_readme_examples_run(capsys):
         except Exception as e:  # pragma: no cover - the message is the point
             pytest.fail(f"README python block {i} failed: {type(e).__name__}: {e}\n{block}")
         outs.append(capsys.readouterr().out)
-    maps, stable, nash, theorems = (_lines(o) for o in outs[:4])
+    maps, stable, nash, theorems, general = (_lines(o) for o in outs[:5])
 
     # Curation maps: the potential rises (True), the FW gap is a finite number >= 0, and
     # finite K keeps mass 1 to ~1e-14.
@@ -79,6 +79,20 @@ def test_readme_examples_run(capsys):
     assert theorems[-3] == "pass True"
     assert theorems[-2] == "pass"
     assert theorems[-1] == "inconclusive"
+    # General maps: a complex pytree solved to its closed form, with a contraction estimate
+    # near the true rate 0.9 and the scaled error estimate < 1; the tanh fixed point inside
+    # optimistix; the map with no fixed point not successful. Independently: the fixed point
+    # of z -> 0.9 z + c is 10 c, and the tanh root is checked against bisection.
+    assert general == ["True True", "True True", "True", "True"], general
+    z = namespace["sol"].value["z"]
+    assert abs(complex(z) - 10 * (1 - 0.9j)) < 1e-8
+    lo, hi = 0.0, 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if np.tanh(mid + 1.0) > mid else (lo, mid)
+    assert abs(float(namespace["osol"].value) - lo) < 1e-10
+    h = np.asarray(namespace["sol"].value["h"])
+    assert np.max(np.abs(np.tanh(0.5 * h + np.arange(4.0)) - h)) < 1e-9
     # No other printed boolean anywhere is False.
     everything = [b for o in outs for line in _lines(o) for b in _booleans(line)]
     assert "False" not in everything
