@@ -85,4 +85,7 @@ from ._sweep import (
 )
 
 
-__version__ = importlib.metadata.version("curax")
+try:
+    __version__ = importlib.metadata.version("curax")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree (PYTHONPATH=src)
+    __version__ = "0+unknown"
