@@ -8,6 +8,7 @@ examples can stay short):
     import jax
     import jax.numpy as jnp
     import numpy as np
+    import optimistix as optx
     import curax
     x, problem = curax.two_basin_problem(n=201)   # K = infinity, two rewards
     p0 = problem.uniform()
@@ -38,6 +39,7 @@ _PREAMBLE = """\
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 import curax
 x, problem = curax.two_basin_problem(n=201)
 p0 = problem.uniform()
