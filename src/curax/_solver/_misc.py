@@ -55,6 +55,27 @@ def tree_allfinite(x: PyTree) -> Bool[Array, ""]:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def squarem_extrapolation(
+    constraint: Any, p0: PyTree, p1: PyTree, p2: PyTree, step_max: Scalar
+) -> tuple[Scalar, PyTree, PyTree, Bool[Array, ""]]:
+    """SQUAREM's (scheme S3) extrapolation from two plain steps `p0 -> p1 -> p2`: with
+    `r = p1 - p0` and `v = p2 - 2 p1 + p0`, the step `alpha = -||r|| / ||v||`, clipped to
+    `[-step_max, -1]` (`-1` when `v = 0`), through `constraint.extrapolate`.
+
+    Returns `(alpha, r, p_ext, ok)`; a non-finite `p_ext` is replaced by `p2` (never hand one to
+    the map) and `ok` says whether it was finite.
+    """
+    r = tree_sub(p1, p0)
+    v = tree_sub(tree_sub(p2, p1), r)
+    rn = jnp.sqrt(tree_sum_squares(r))
+    vn = jnp.sqrt(tree_sum_squares(v))
+    alpha = -rn / jnp.where(vn > 0, vn, 1.0)
+    alpha = jnp.clip(jnp.where(vn > 0, alpha, -1.0), -step_max, -1.0).astype(step_max.dtype)
+    p_ext = constraint.extrapolate(p0, p1, p2, alpha)
+    ok = tree_allfinite(p_ext)
+    return alpha, r, tree_where(ok, p_ext, p2), ok
+
+
 def real_dtype(y: PyTree) -> Any:
     """The real dtype of the norms of `y` (float64 for complex128 leaves)."""
     leaves = jtu.tree_leaves(y)

@@ -13,6 +13,7 @@ from ._constraint import AbstractConstraint, Unconstrained
 from ._misc import (
     Monitor,
     real_dtype,
+    squarem_extrapolation,
     tree_allfinite,
     tree_sub,
     tree_sum_squares,
@@ -164,14 +165,8 @@ class NewtonKrylov(AbstractGeneralSolver[Y, Aux, _NewtonKrylovState]):
             p1 = con.project(fy)
             f1, aux1 = fn(p1, args)
             p2 = con.project(f1)
-            r = tree_sub(p1, y)
-            v = tree_sub(tree_sub(p2, p1), r)
-            rn = jnp.sqrt(tree_sum_squares(r))
-            vn = jnp.sqrt(tree_sum_squares(v))
-            alpha = jnp.where(vn > 0, -rn / jnp.where(vn > 0, vn, 1.0), -1.0)
-            alpha = jnp.clip(alpha, -_FALLBACK_STEP_MAX, -1.0).astype(rdtype)
-            p_ext = con.extrapolate(y, p1, p2, alpha)
-            p_ext = tree_where(tree_allfinite(p_ext), p_ext, p2)
+            step_max = jnp.array(_FALLBACK_STEP_MAX, rdtype)
+            _, _, p_ext, _ = squarem_extrapolation(con, y, p1, p2, step_max)
             f_ext, aux_ext = fn(p_ext, args)
             better = self.norm(tree_sub(f_ext, p_ext)) < self.norm(tree_sub(f1, p1))
             return (

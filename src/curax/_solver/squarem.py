@@ -12,9 +12,8 @@ from ._misc import (
     Monitor,
     real_dtype,
     secant_ratio,
-    tree_allfinite,
+    squarem_extrapolation,
     tree_sub,
-    tree_sum_squares,
     tree_where,
 )
 
@@ -101,17 +100,7 @@ class SQUAREM(AbstractGeneralSolver[Y, Aux, _SquaremState]):
         p1 = con.project(state.fy)
         f1, _ = fn(p1, args)
         p2 = con.project(f1)
-        r = tree_sub(p1, p0)
-        v = tree_sub(tree_sub(p2, p1), r)
-        rn = jnp.sqrt(tree_sum_squares(r))
-        vn = jnp.sqrt(tree_sum_squares(v))
-        alpha = -rn / jnp.where(vn > 0, vn, 1.0)
-        alpha = jnp.clip(jnp.where(vn > 0, alpha, -1.0), -state.step_max, -1.0)
-        alpha = alpha.astype(state.step_max.dtype)
-        p_ext = con.extrapolate(p0, p1, p2, alpha)
-        # Never hand a non-finite point to the map.
-        ext_ok = tree_allfinite(p_ext)
-        p_ext = tree_where(ext_ok, p_ext, p2)
+        alpha, r, p_ext, ext_ok = squarem_extrapolation(con, p0, p1, p2, state.step_max)
         f_ext, _ = fn(p_ext, args)
         res_ext = self.norm(tree_sub(f_ext, p_ext))
         res_plain = self.norm(tree_sub(f1, p1))
