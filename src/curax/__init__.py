@@ -56,10 +56,6 @@ from ._sampling import (
     simulate_mixture as simulate_mixture,
 )
 from ._sharding import device_mesh as device_mesh, shard_support as shard_support
-from ._stable_point import (
-    stable_point as stable_point,
-    stable_point_method as stable_point_method,
-)
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solver import (
     AbstractConstraint as AbstractConstraint,
@@ -76,6 +72,10 @@ from ._solver import (
 from ._stability import (
     stability as stability,
     StabilityReport as StabilityReport,
+)
+from ._stable_point import (
+    stable_point as stable_point,
+    stable_point_method as stable_point_method,
 )
 from ._sweep import (
     load_sweep as load_sweep,

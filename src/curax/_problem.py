@@ -315,8 +315,8 @@ class CurationProblem(eqx.Module):
         the `r` rows with K = infinity (`s = rewards / temperature`), so that the K -> infinity
         map reads the weights twice per round and computes no exponential. Gradients flow
         through `rewards` and `temperature`, never through this cache; do not replace
-        `rewards` with `eqx.tree_at` (use the constructor, or [`curax.CurationProblem.map_points`][] to index or
-        reshard the support).
+        `rewards` with `eqx.tree_at` (use the constructor, or
+        [`curax.CurationProblem.map_points`][] to index or reshard the support).
     - `narrow`: static bool or `None`: whether every row of the scaled rewards spans less than
         the range where `exp` cannot underflow (690 nats in float64, 80 in float32), so that the
         K -> infinity map needs no underflow guard; `None` when the rewards were not concrete at
