@@ -59,3 +59,9 @@ def multinomial_growth(p_atoms, w_atoms, w_eval, k):
     prob = np.exp(logprob)
     rest = counts @ w_atoms
     return (prob[:, None] * (k * w_eval[None, :] / (w_eval[None, :] + rest[:, None]))).sum(axis=0)
+
+
+def central_difference(f, x, dx, h):
+    """`(f(x + h dx) - f(x - h dx)) / 2h`: the directional derivative the JVP tests compare
+    against."""
+    return (f(x + h * dx) - f(x - h * dx)) / (2 * h)

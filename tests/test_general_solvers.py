@@ -13,6 +13,8 @@ import optimistix as optx
 import pytest
 from scipy.optimize import brentq
 
+from .helpers import central_difference
+
 
 jax.config.update("jax_enable_x64", True)
 
@@ -149,6 +151,14 @@ def _tanh_layer(y, a):
     return jnp.tanh(m @ y + a)
 
 
+def _assert_jvp_matches_central_difference(solve, getkey):
+    a0 = jr.normal(getkey(), (5,))
+    t = jr.normal(getkey(), (5,))
+    _, jvp = eqx.filter_jvp(solve, (a0,), (t,))
+    fd = central_difference(solve, a0, t, 1e-5)
+    assert jnp.allclose(jvp, fd, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("solver", SOLVERS, ids=_name)
 def test_implicit_jvp_matches_finite_differences(solver, getkey):
     # Tighter tolerance for the finite differences (their error is the solve's over 2h).
@@ -159,12 +169,7 @@ def test_implicit_jvp_matches_finite_differences(solver, getkey):
             _tanh_layer, solver, jnp.zeros(5), a, adjoint=optx.ImplicitAdjoint(), max_steps=5000
         ).value
 
-    a0 = jr.normal(getkey(), (5,))
-    t = jr.normal(getkey(), (5,))
-    _, jvp = eqx.filter_jvp(solve, (a0,), (t,))
-    h = 1e-5
-    fd = (solve(a0 + h * t) - solve(a0 - h * t)) / (2 * h)
-    assert jnp.allclose(jvp, fd, rtol=1e-5, atol=1e-7)
+    _assert_jvp_matches_central_difference(solve, getkey)
 
 
 def test_jvp_through_curax_fixed_point_default_adjoint(getkey):
@@ -173,12 +178,7 @@ def test_jvp_through_curax_fixed_point_default_adjoint(getkey):
     def solve(a):
         return curax.fixed_point(_tanh_layer, solver, jnp.zeros(5), a).value
 
-    a0 = jr.normal(getkey(), (5,))
-    t = jr.normal(getkey(), (5,))
-    _, jvp = eqx.filter_jvp(solve, (a0,), (t,))
-    h = 1e-5
-    fd = (solve(a0 + h * t) - solve(a0 - h * t)) / (2 * h)
-    assert jnp.allclose(jvp, fd, rtol=1e-5, atol=1e-7)
+    _assert_jvp_matches_central_difference(solve, getkey)
 
 
 def test_best_so_far_squarem_tanh():

@@ -5,9 +5,7 @@ import curax
 import jax
 import jax.numpy as jnp
 
-
-def _fd(f, x, dx, h):
-    return (f(x + h * dx) - f(x - h * dx)) / (2 * h)
+from .helpers import central_difference as _fd
 
 
 def _close(a, b, rtol=1e-6):
