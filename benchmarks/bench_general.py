@@ -72,6 +72,7 @@ import curax  # noqa: E402
 import equinox as eqx  # noqa: E402
 import general_problems as GP  # noqa: E402
 import optimistix as optx  # noqa: E402
+from curax._output import write_file_atomic  # noqa: E402
 
 
 jax.config.update("jax_enable_x64", True)
@@ -842,7 +843,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["problems"].append(entry)
         # Partial results survive an interrupted run.
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=str))
+        write_file_atomic(out / f"{args.name}.json", json.dumps(report, indent=1, default=str))
     report["total_s"] = time.perf_counter() - t_start
     report["total_cpu_s"] = time.process_time()
 
@@ -864,13 +865,13 @@ def _write(report: dict[str, Any], args: argparse.Namespace, out: pathlib.Path) 
     out.mkdir(parents=True, exist_ok=True)
     inputs = [pathlib.Path(f).resolve() for f in (args.render or "").split(",") if f]
     if (out / f"{args.name}.json").resolve() not in inputs:  # never overwrite an input
-        (out / f"{args.name}.json").write_text(json.dumps(report, indent=1, default=str))
-    (out / f"{args.name}.md").write_text(md)
+        write_file_atomic(out / f"{args.name}.json", json.dumps(report, indent=1, default=str))
+    write_file_atomic(out / f"{args.name}.md", md)
     if args.update_table:
-        (HERE / "RESULTS_general.md").write_text(md)
+        write_file_atomic(HERE / "RESULTS_general.md", md)
     print(md)
     if table is not None:
-        (out / f"{args.name}_compare.md").write_text(table)
+        write_file_atomic(out / f"{args.name}_compare.md", table)
     if "total_s" in report:
         cpu = report.get("total_cpu_s", float("nan"))
         print(f"total {report['total_s']:.0f}s wall, {cpu:.0f}s CPU (process)")

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import optimistix as optx
+from curax._output import write_file_atomic
 from curax._solver.active_set import support_growth_for
 
 
@@ -251,7 +252,7 @@ def main():
 
     out = pathlib.Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "solvers.json").write_text(json.dumps(results, indent=2))
+    write_file_atomic(out / "solvers.json", json.dumps(results, indent=2))
     print(markdown(results))
 
 
