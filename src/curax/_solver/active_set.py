@@ -268,10 +268,18 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             qd = lax.fori_loop(0, steps, dyn, q0)
             q0 = jnp.where(a, (1 - 1e-3) * qd + 1e-3 / num_active, 0.0)
             q0 = q0 / jnp.sum(q0)
-        g0 = gs(q0)
-        lam0 = jnp.array(1.0, dtype)
-        z0 = jnp.where(a, jnp.maximum(lam0 - g0, 0.0) + 1e-2, 1.0)
         tol = 0.1 * min(self.atol, 1e-13)
+
+        def value_and_jac(qq):
+            # One batched `jax.jacfwd` call gives G and its Jacobian together: each loop below
+            # evaluates the support growth at one call site, so its program (for curation
+            # problems the whole finite-K quadrature) is compiled once per loop.
+            def both(v):
+                g = gs(v)
+                return g, g
+
+            jac, g = jax.jacfwd(both, has_aux=True)(qq)
+            return g, jac
 
         def residuals(qq, zz, lam, g):
             r_d = jnp.where(a, zz - lam + g, 0.0)
@@ -280,14 +288,22 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             return r_d, r_p, comp
 
         def cond(carry):
-            i, qq, zz, lam, g, done = carry
-            return (i < self.max_newton) & ~done
+            i, qq, zz, lam, done = carry
+            # One more iteration than Newton steps: the last one only tests convergence.
+            return (i <= self.max_newton) & ~done
 
         def body(carry):
-            i, qq, zz, lam, g, _ = carry
-            jac = jax.jacfwd(gs)(qq)
+            i, qq, zz, lam, _ = carry
+            g, jac = value_and_jac(qq)
             jac = jnp.where(a[:, None] & a[None, :], jac, 0.0)
+            zz = jnp.where(i == 0, jnp.where(a, jnp.maximum(lam - g, 0.0) + 1e-2, 1.0), zz)
             r_d, r_p, comp = residuals(qq, zz, lam, g)
+            converged = (
+                (i > 0)
+                & (jnp.max(jnp.abs(r_d)) <= tol)
+                & (jnp.abs(r_p) <= tol)
+                & (jnp.max(comp) <= tol * 1e-2)
+            )
             mu = jnp.sum(comp) / num_active
             # (Z - Q J) dq + q dlam = -r_c + Q r_d;  1^T dq = -r_p  (inactive: dq = 0).
             top = jnp.diag(jnp.where(a, zz, 1.0)) - qq[:, None] * jac
@@ -316,27 +332,19 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
             sigma = jnp.clip((mu_aff / num_active / jnp.maximum(mu, 1e-300)) ** 3, 0.0, 1.0)
             dq, dz, dlam = direction(sigma * mu)
             alpha = jnp.minimum(max_step(qq, dq), max_step(zz, dz))
-            qn = jnp.where(a, qq + alpha * dq, 0.0)
+            qn = jnp.maximum(jnp.where(a, qq + alpha * dq, 0.0), 0.0)
             zn = jnp.where(a, zz + alpha * dz, 1.0)
             lamn = lam + alpha * dlam
-            qn = jnp.maximum(qn, 0.0)
-            gn = gs(qn)
-            r_d, r_p, comp = residuals(qn, zn, lamn, gn)
-            done = (
-                (jnp.max(jnp.abs(r_d)) <= tol)
-                & (jnp.abs(r_p) <= tol)
-                & (jnp.max(comp) <= tol * 1e-2)
-            )
             ok = jnp.all(jnp.isfinite(qn)) & jnp.all(jnp.isfinite(zn)) & jnp.isfinite(lamn)
-            qn, zn, lamn, gn = jax.tree.map(
-                lambda new, old: jnp.where(ok, new, old),
-                (qn, zn, lamn, gn),
-                (qq, zz, lam, g),
+            move = ok & ~converged & (i < self.max_newton)
+            qq, zz, lam = jax.tree.map(
+                lambda new, old: jnp.where(move, new, old), (qn, zn, lamn), (qq, zz, lam)
             )
-            return i + 1, qn, zn, lamn, gn, done | ~ok
+            return i + 1, qq, zz, lam, converged | ~ok
 
-        num, q1, z1, lam1, _, _ = lax.while_loop(
-            cond, body, (jnp.array(0), q0, z0, lam0, g0, jnp.array(False))
+        lam0 = jnp.array(1.0, dtype)
+        num, q1, z1, lam1, _ = lax.while_loop(
+            cond, body, (jnp.array(0), q0, jnp.ones_like(q0), lam0, jnp.array(False))
         )
         # Strict complementarity tells the support apart: q >> z on it, z >> q off it
         # (there q ~ mu / z is a barrier artefact, not mass). Drop those slots exactly and
@@ -347,31 +355,39 @@ class ActiveSetNewton(optx.AbstractFixedPointSolver[Array, Aux, _ActiveSetState]
         kf = keep.astype(dtype)
 
         def polish(carry, _):
-            qq, lam = carry
-            g = gs(qq)
-            jac = jnp.where(keep[:, None] & keep[None, :], jax.jacfwd(gs)(qq), 0.0)
-            res = jnp.concatenate([jnp.where(keep, g - lam, 0.0), (jnp.sum(qq) - 1)[None]])
+            # Each iteration evaluates the previous candidate, keeps it if it lowers the
+            # residual, and proposes the next Newton step from the point kept.
+            qq, lam, g, jac, res, cand, cand_lam = carry
+            g_c, jac_c = value_and_jac(cand)
+            res_c = jnp.maximum(
+                jnp.max(jnp.abs(jnp.where(keep, g_c - cand_lam, 0.0))),
+                jnp.abs(jnp.sum(cand) - 1),
+            )
+            good = jnp.all(cand >= 0) & (res_c < res) & jnp.isfinite(res_c)
+            qq, lam, g, jac, res = jax.tree.map(
+                lambda new, old: jnp.where(good, new, old),
+                (cand, cand_lam, g_c, jac_c, res_c),
+                (qq, lam, g, jac, res),
+            )
+            jac_k = jnp.where(keep[:, None] & keep[None, :], jac, 0.0)
+            r = jnp.concatenate([jnp.where(keep, g - lam, 0.0), (jnp.sum(qq) - 1)[None]])
             mat = jnp.zeros((s + 1, s + 1), dtype)
-            mat = mat.at[:s, :s].set(jac + jnp.diag(1.0 - kf))
+            mat = mat.at[:s, :s].set(jac_k + jnp.diag(1.0 - kf))
             mat = mat.at[:s, s].set(-kf)
             mat = mat.at[s, :s].set(kf)
-            step = jnp.linalg.lstsq(mat, -res)[0]
-            qn = jnp.where(keep, qq + step[:s], 0.0)
-            lamn = lam + step[s]
-            gn = gs(qn)
-            old = jnp.max(jnp.abs(res))
-            new = jnp.maximum(
-                jnp.max(jnp.abs(jnp.where(keep, gn - lamn, 0.0))),
-                jnp.abs(jnp.sum(qn) - 1),
-            )
-            good = jnp.all(qn >= 0) & (new < old) & jnp.isfinite(new)
-            return (jnp.where(good, qn, qq), jnp.where(good, lamn, lam)), None
+            step = jnp.linalg.lstsq(mat, -r)[0]
+            cand = jnp.where(keep, qq + step[:s], 0.0)
+            return (qq, lam, g, jac, res, cand, lam + step[s]), None
 
-        (q1, _), _ = lax.scan(polish, (q1, lam1), None, length=3)
-        # Calls of the support growth: the start (1), the dynamics, 2 per interior-point
-        # iteration (its Jacobian, one batched `jax.jacfwd` call, and the new point's G) and
-        # 3 per polish iteration.
-        calls = 1 + steps + 2 * num + 3 * 3
+        inf = jnp.array(jnp.inf, dtype)
+        zero_jac = jnp.zeros((s, s), dtype)
+        init = (q1, lam1, jnp.zeros_like(q1), zero_jac, inf, q1, lam1)
+        # The start and three Newton steps; the fourth proposal is not evaluated.
+        (q1, *_), _ = lax.scan(polish, init, None, length=4)
+        # Calls of the support growth (each a value with its Jacobian from one batched
+        # `jax.jacfwd` call, or a plain value in the dynamics): the dynamics, one per
+        # interior-point iteration and four in the polish.
+        calls = steps + num + 4
         return q1, num + 3, calls
 
     def step(self, fn, y, args, options, state, tags):
