@@ -1,4 +1,5 @@
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -451,6 +452,45 @@ def test_interrupt(tmp_path, signame, delay, progress, previous):
 
     waited = _interrupt(tmp_path, getattr(signal, signame), delay, progress, previous)
     assert waited < 30  # generous: "within seconds" on a loaded machine
+
+
+def _catches(pid, signum):
+    # Linux: the mask of signals the process has a handler for.
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/status").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupt_while_importing(tmp_path, signame):
+    """The `curax` command's entry point (`_curax_cli`, what the console script runs) takes the
+    signals before curax and JAX are imported: one line and 130 / 143, no traceback."""
+    import signal
+    import time
+
+    signum = getattr(signal, signame)
+    code = "import sys, _curax_cli; sys.exit(_curax_cli.main())"
+    argv = ["reproduce", "--quick", "--no-progress", "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Python catches SIGINT from its start, SIGTERM only once a handler is installed: the
+    # entry point's, before it imports anything heavy.
+    deadline = time.monotonic() + 60
+    while not _catches(proc.pid, signal.SIGTERM):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], stderr
+    # During the imports: the entry point's line; if they were already done, the command's.
+    assert stderr.strip() in ("curax: interrupted", "curax reproduce: interrupted"), stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -263,8 +263,10 @@ def _install_interrupt_handler(command: str) -> None:
     one line and leaves with `os._exit(128 + signum)`.
 
     Installed as soon as the command starts, i.e. after Python has imported curax and JAX (1-3
-    s on a quiet machine); a signal before that gets Python's default behaviour, at a time when
-    no output exists yet.
+    s on a quiet machine). Before that, the `curax` command's entry point (`_curax_cli`, outside
+    the package) has a handler that prints one line and exits 130 / 143 (no output exists yet);
+    `python -m curax` imports the package first, so there a signal during the imports gets
+    Python's default behaviour.
     """
     from . import _output
 
