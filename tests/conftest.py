@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 
 # Keep BLAS from oversubscribing the 2 CI cores.
@@ -13,6 +15,32 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+def pytest_configure(config):
+    # The suite is dominated by XLA compilation, and the same programs recur across test
+    # modules (whose in-memory caches are dropped below) and in the examples and the CLI runs:
+    # a persistent compilation cache for this run only, one folder per process (JAX writes its
+    # entries without a lock, so processes do not share one), removed at the end. Turned off by
+    # CURAX_TEST_NO_COMPILATION_CACHE=1 or by the user's own JAX_COMPILATION_CACHE_DIR.
+    if os.environ.get("CURAX_TEST_NO_COMPILATION_CACHE", "") not in ("", "0"):
+        return
+    if jax.config.jax_compilation_cache_dir:
+        return
+    path = tempfile.mkdtemp(prefix="curax-tests-jax-cache-")
+    config.stash[_CACHE_DIR] = path
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    path = config.stash.get(_CACHE_DIR, None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+_CACHE_DIR = pytest.StashKey[str]()
 
 
 @pytest.fixture
