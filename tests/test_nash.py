@@ -382,6 +382,62 @@ def test_curation_entry_wide_spread():
     assert _numpy_gap(s_cp.value, r, a) <= 1e-12
 
 
+def _stat(sol, key):
+    return float(sol.stats[key])
+
+
+@pytest.mark.parametrize(
+    "name,grid,n",
+    [("random-curvature", True, 20000), ("anisotropic-2d", True, 16384), ("labels", False, 9000)],
+)
+def test_curation_entry_same_solve_as_bargaining(name, grid, n):
+    # Issue 13: from a CurationProblem the solve costs no more than from the equivalent
+    # BargainingProblem. Both entries must run the same solve on the same matrix: the same
+    # passes over E (the solver's pass counter), master steps and rounds, and the same p, and
+    # that p must be certified by an independent numpy recomputation from the rewards.
+    r, a, shape = _family(name, n, 8, 5)
+    cp = curax.CurationProblem(r, a)
+    bp = curax.BargainingProblem.from_curation(cp)
+    shape = shape if grid else None
+    s_cp = curax.nash_solution(cp, grid_shape=shape)
+    s_bp = curax.nash_solution(bp, grid_shape=shape)
+    for key in ("num_passes", "num_steps", "master_iterations", "rounds", "fw_gap"):
+        assert _stat(s_cp, key) == _stat(s_bp, key), key
+    np.testing.assert_array_equal(np.asarray(s_cp.value), np.asarray(s_bp.value))
+    assert _numpy_gap(s_cp.value, r, a) <= 1e-12
+    assert abs(_stat(s_cp, "objective") - _stat(s_bp, "objective")) <= 1e-14
+    # The objective is Phi in the user's units: the potential of the dynamics.
+    assert _stat(s_cp, "objective") == pytest.approx(
+        float(curax.potential(s_cp.value, cp)), abs=1e-12
+    )
+
+
+def test_curation_entry_underflow_off_the_sample():
+    # The solver starts from argmaxes over ~2,000 sampled columns. Here one reward is so
+    # narrow that it underflows to 0 on every sampled column (its peak sits halfway between
+    # two of them): the start must fall back to that row's exact argmax, from a
+    # CurationProblem (no anchors) as from a BargainingProblem (anchors known).
+    n = 20000
+    stride = n // 2000
+    x = np.linspace(0, 1, n)
+    h = x[1] - x[0]
+    centre = x[1000 * stride + stride // 2]
+    narrow = -(1200.0 / (stride / 2 * h) ** 2) * (x - centre) ** 2
+    r = jnp.asarray(np.stack([narrow, -3 * (x - 0.2) ** 2, -5 * (x - 0.8) ** 2]))
+    a = jnp.asarray([0.3, 0.4, 0.3])
+    cp = curax.CurationProblem(r, a)
+    assert float(jnp.max(cp.tilt_weights[0, ::stride])) == 0.0
+    bp = curax.BargainingProblem.from_curation(cp)
+    s_cp = curax.nash_solution(cp, grid_shape=(n,))
+    s_bp = curax.nash_solution(bp, grid_shape=(n,))
+    assert s_cp.result == curax.RESULTS.successful
+    assert _numpy_gap(s_cp.value, r, a) <= 1e-12
+    # The narrow reward is served: its utility is positive at the solution.
+    assert float(s_cp.stats["log_utilities"][0]) > -50
+    assert _stat(s_cp, "num_passes") == _stat(s_bp, "num_passes")
+    np.testing.assert_array_equal(np.asarray(s_cp.value), np.asarray(s_bp.value))
+
+
 # ------------------------------------------------------------------------------------------
 # nash_optimize: independent direct optimisation.
 # ------------------------------------------------------------------------------------------

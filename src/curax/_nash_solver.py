@@ -588,6 +588,33 @@ def _refine_index(idx: Array, coarse: tuple[int, ...], fine: tuple[int, ...], st
     return jnp.ravel_multi_index(tuple(c * stride for c in coords), fine, mode="clip")
 
 
+# Columns sampled to choose the starting columns: about this many, evenly strided.
+_PROBE_POINTS = 2000
+
+
+def _start_columns(e: Array, anchors: Array | None) -> Array:
+    """One starting column per reward: the argmax of each row over ~2,000 evenly strided
+    columns, where that row is positive there; elsewhere the caller's `anchors` (a column where
+    the row is largest, so positive if the row is not all 0), or, without them, the exact
+    argmax, computed only if some sampled row maximum is 0 (exp-utilities that underflowed).
+
+    The same rule whatever the caller knows, so that a problem solves identically from a
+    `CurationProblem` (no anchors: an exact argmax is a full read of `E`, ~4-6 one-pass times on
+    a CPU) and from a `BargainingProblem` (anchors computed when it was built). The strided
+    sample touches ~2,000 x m cache lines, not a read of `E`."""
+    m, n = e.shape
+    stride = max(1, n // _PROBE_POINTS)
+    sample = e[:, ::stride]
+    probe = jnp.argmax(sample, axis=1) * stride
+    rows = jnp.arange(m)
+    positive = sample[rows, probe // stride] > 0
+    if anchors is None:
+        anchors = lax.cond(
+            jnp.all(positive), lambda: probe, lambda: jnp.argmax(e, axis=1).astype(probe.dtype)
+        )
+    return jnp.where(positive, probe, anchors.astype(probe.dtype))
+
+
 class NashResult(eqx.Module):
     p: Float[Array, " n"]
     u: Float[Array, " m"]
@@ -618,10 +645,11 @@ def solve_nash(
     max_rounds: int = 8,
 ) -> NashResult:
     """Multilevel column generation (levels only with grid geometry). `anchors` are one column
-    per reward where that reward's utility is largest (so no utility is ever 0). `None`: the
-    caller guarantees `e > 0` everywhere (exp-utilities that cannot underflow) and the anchors
-    are taken on the coarsest level (a read of `e` only without levels); `NashResult.anchors`
-    holds the ones used, in fine indices."""
+    per reward where that reward's utility is largest (so no utility is ever 0), or `None` when
+    every row's maximum is positive (exp-utilities normalised to maximum 1). The solve starts
+    from `_start_columns` (sampled argmaxes, the anchors only where a sampled row is 0), so it
+    does not depend on whether the caller knew the anchors; `NashResult.anchors` holds the
+    columns used, in fine indices."""
     m, n = e.shape
     geometric = grid_shape is not None
     shape: tuple[int, ...] = tuple(grid_shape) if geometric else (n,)  # pyright: ignore
@@ -644,17 +672,8 @@ def solve_nash(
         f = factors[level]
         return jnp.ravel_multi_index(tuple(c // f for c in coords), shapes[level], mode="clip")
 
-    def up(idx: Array, level: int) -> Array:
-        coords = jnp.unravel_index(idx, shapes[level])
-        f = factors[level]
-        return jnp.ravel_multi_index(tuple(c * f for c in coords), shape, mode="clip")
-
-    if anchors is None:
-        coarse_anchors = jnp.argmax(mats[top], axis=1)
-        anchors = up(coarse_anchors, top)
-        init_idx = coarse_anchors
-    else:
-        init_idx = down(anchors, top)
+    anchors = _start_columns(e, anchors)
+    init_idx = down(anchors, top)
     # Read before the loops: XLA copies a loop-carried E (~2 reads) that is used after them.
     anchor_values = e[jnp.arange(m), anchors]
     passes = jnp.array(0.0, e.dtype)
