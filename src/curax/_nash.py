@@ -316,14 +316,16 @@ def nash_solution(
     columns re-price the pass's best candidates and, on a grid, a multi-scale window around
     every atom and the barycentres of neighbouring atoms: near-duplicate neighbouring columns
     no longer make the passes creep towards each peak, and one pass usually certifies what the
-    rounds found. With `grid_shape`, coarse levels (stride 8 per dimension, while >= 2,000
-    points remain) hand their support to finer ones. The optimum has at most `m` atoms
-    generically, so a fixed number of slots (`2 m + 4` kept columns) makes the solve `jit`-
-    and `vmap`-able.
+    rounds found. With `grid_shape`, a coarse level (stride `8^j` per dimension keeping
+    >= 2,000 points; in 1-D from stride 64 only) hands its support to the fine one. The
+    optimum has at most `m` atoms generically, so a fixed number of slots (`2 m + 4` kept
+    columns) makes the solve `jit`- and `vmap`-able.
 
     From a [`curax.CurationProblem`][] with K = infinity on every row, the solve reads the
     problem's cached `exp(r / tau - max)` (the K -> infinity map's cache) instead of
-    recomputing the exponentials: build the problem once and solve it as often as needed.
+    recomputing the exponentials: build the problem once and solve it as often as needed. It
+    runs the same solve as from `curax.BargainingProblem.from_curation(problem)` (same passes,
+    same `p`).
 
     A mixture-family feasible set `{a @ family}` is solved as the simplex problem of the
     matrix `U @ family.T` (no grid); `value` is then `a @ family`.

@@ -27,6 +27,10 @@ _STRIDE = 8
 # a coarse level may take (its passes are cheap: 1/8 or 1/64 of a fine read).
 _COARSE_TOL = 1e-9
 _COARSE_PASSES = 4
+# Warm start of the restricted master (`solve_master`): weight of the uniform point mixed
+# into the previous weights, and the starting dual margin `lam - max g`.
+_WARM_MIX = 0.1
+_WARM_MARGIN = 0.1
 # Smallest stride of a 1-D coarse level (see `_levels`).
 _MIN_1D_STRIDE = 64
 
@@ -64,6 +68,7 @@ def solve_master(
     tol: float = 1e-14,
     solve: str = "partitioned",
     num_active: int | None = None,
+    q_init: Float[Array, " k"] | None = None,
 ) -> tuple[Float[Array, " k"], Int[Array, ""]]:
     """Maximise `sum_i alpha_i log (a q)_i` over `q` in the simplex on the valid columns.
 
@@ -99,9 +104,21 @@ def solve_master(
         return u, _safe_ratio(alpha, u) @ a
 
     q0 = jnp.where(valid, 1.0 / nv, 0.0)
+    margin = 1.0
+    if q_init is not None:
+        # Warm start from the previous round's weights (on the columns it kept), mixed with
+        # the uniform point so that every column starts interior, and a dual margin
+        # lam - max g of 0.1 instead of 1: ~16% fewer interior-point steps over a solve
+        # (n = 1e5, m = 8, seven families). Without previous weights: the cold start.
+        qi = jnp.where(valid, q_init, 0.0)
+        total = jnp.sum(qi)
+        warm = total > 0
+        q_warm = (1 - _WARM_MIX) * qi / jnp.where(warm, total, 1.0) + _WARM_MIX / nv
+        q0 = jnp.where(warm & valid, q_warm, q0)
+        margin = jnp.where(warm, _WARM_MARGIN, 1.0)
     _, g0 = grad(q0)
-    lam0 = jnp.max(jnp.where(valid, g0, 0.0)) + 1.0
-    # Dual-feasible start: z = lam - g >= 1.
+    lam0 = jnp.max(jnp.where(valid, g0, 0.0)) + margin
+    # Dual-feasible start: z = lam - g >= margin.
     z0 = jnp.where(valid, lam0 - g0, 0.0)
 
     def residuals(q, z, lam):
@@ -393,6 +410,7 @@ def _column_generation(
     shape: tuple[int, ...],
     init_idx: Int[Array, " s"],
     init_ok: Bool[Array, " s"],
+    init_q: Float[Array, " s"] | None = None,
     *,
     keep: int,
     candidates: int,
@@ -444,10 +462,13 @@ def _column_generation(
             parts_ok.append(bok)
         return jnp.concatenate(parts_idx), jnp.concatenate(parts_ok)
 
-    def master(slots, ok):
+    def master(slots, ok, q_prev):
         ok = _dedup(slots, ok)
         a = e[:, slots]
-        q, iters = solve_master(a, alpha, ok)
+        # The slots start with the previous support (`new_columns`), in the order of `q_prev`;
+        # a repeated column keeps its first, support, slot (`_dedup`).
+        q_init = jnp.zeros((slots.shape[0],), e.dtype).at[:keep].set(q_prev[:keep])
+        q, iters = solve_master(a, alpha, ok, q_init=q_init)
         q = jnp.where(ok, q, 0.0)
         # Drop columns the master gave ~no weight (1e-15 of the largest).
         q = jnp.where(q > 1e-15 * jnp.max(q), q, 0.0)
@@ -457,7 +478,7 @@ def _column_generation(
         slots, q = slots[order], q[order]
         return slots, q, e[:, slots] @ q, iters
 
-    def rounds(slots, ok, pool, pool_ok):
+    def rounds(slots, ok, pool, pool_ok, q_prev):
         """Master, then re-price the pool and the windows by gathers, until their gap is
         below `tol` or `max_rounds` masters ran."""
 
@@ -466,8 +487,8 @@ def _column_generation(
             return (r == 0) | ((lgap > tol) & (r < max_rounds))
 
         def body(c):
-            slots, ok, _, _, _, _, r, iters = c
-            idx, q, u, it = master(slots, ok)
+            slots, ok, _, q_prev, _, _, r, iters = c
+            idx, q, u, it = master(slots, ok, q_prev)
             cand = [pool]
             cand_ok = [pool_ok]
             if stencil:
@@ -486,7 +507,7 @@ def _column_generation(
             slots,
             ok,
             z,
-            jnp.zeros((k,), e.dtype),
+            q_prev,
             jnp.zeros((m,), e.dtype),
             jnp.array(jnp.inf, e.dtype),
             jnp.array(0),
@@ -508,7 +529,7 @@ def _column_generation(
         return (st.passes == 0) | ((st.gap > tol) & (st.passes < max_passes))
 
     def body(st: _LevelState):
-        idx, q, u, iters, r = rounds(st.slots, st.slots_ok, st.pool, st.pool_ok)
+        idx, q, u, iters, r = rounds(st.slots, st.slots_ok, st.pool, st.pool_ok, st.q)
         g = _safe_ratio(alpha, u) @ e
         gap = jnp.max(g) - 1
         # Pricing sweeps g several times (~1/3 of a one-pass time at n = 1e6): skipped once
@@ -540,7 +561,9 @@ def _column_generation(
         pool=jnp.zeros((pool_size,), itype),
         pool_ok=jnp.zeros((pool_size,), bool),
         idx=jnp.zeros((k,), itype),
-        q=jnp.zeros((k,), e.dtype),
+        # Weights of the first `keep` initial columns, if known (a coarser level's support):
+        # they warm-start the first master.
+        q=jnp.zeros((k,), e.dtype) if init_q is None else pad(init_q, k, 0.0),
         u=jnp.zeros((m,), e.dtype),
         g=jnp.zeros((n,), e.dtype),
         gap=jnp.array(jnp.inf, e.dtype),
@@ -686,6 +709,7 @@ def solve_nash(
     master_iters = jnp.array(0)
     rounds = jnp.array(0)
     init_ok = alpha > 0
+    init_q = None
     st: Any = None
     for level in range(top, -1, -1):
         finest = level == 0
@@ -695,6 +719,7 @@ def solve_nash(
             shapes[level],
             init_idx,
             init_ok,
+            init_q,
             keep=keep,
             candidates=candidates,
             pool_size=pool_size,
@@ -710,6 +735,7 @@ def solve_nash(
             sup = st.q[:keep] > 0
             init_idx = _refine_index(st.idx[:keep], shapes[level], shapes[level - 1], stride)
             init_ok = sup
+            init_q = jnp.where(sup, st.q[:keep], 0.0)
             if level - 1 == 0:
                 # The finest level also gets the anchors, so every utility stays positive.
                 init_idx = jnp.concatenate([init_idx, anchors])
