@@ -410,7 +410,7 @@ def _column_generation(
     shape: tuple[int, ...],
     init_idx: Int[Array, " s"],
     init_ok: Bool[Array, " s"],
-    init_q: Float[Array, " s"] | None = None,
+    init_q: Float[Array, " keep"] | None = None,
     *,
     keep: int,
     candidates: int,
