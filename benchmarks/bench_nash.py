@@ -277,12 +277,12 @@ def bench_solves(configs, repeats, cvx_max_n, cvx_timeout):
     return rows
 
 
-def bench_curation(n, m, seeds, repeats):
+def bench_curation(n, m, seeds, repeats, families=("quadratic-random-curvature",)):
     """Issue 13: `nash_solution(CurationProblem)` (cached exp-rewards) against the same solve
     from the equivalent `BargainingProblem` and one E pass, interleaved in one run."""
     rows = []
-    for seed in seeds:
-        r, a, shape = quad_random_curvature(n, m, seed)
+    for fam, seed in [(f, s) for f in families for s in seeds]:
+        r, a, shape = FAMILIES[fam](n, m, seed)
         cp = curax.CurationProblem(jnp.asarray(r), jnp.asarray(a))
         bp = curax.BargainingProblem.from_curation(cp)
         solve = solver_for(shape)
@@ -294,7 +294,7 @@ def bench_curation(n, m, seeds, repeats):
             [lambda: solve(cp), lambda: solve(bp), pass_fn(bp.utilities)], repeats
         )
         row = {
-            "family": "quadratic-random-curvature",
+            "family": fam,
             "n": n,
             "m": m,
             "seed": seed,
@@ -302,6 +302,12 @@ def bench_curation(n, m, seeds, repeats):
             "gap_bargaining": float(s_bp.stats["fw_gap"]),
             "objective_diff": float(s_cp.stats["objective"] - s_bp.stats["objective"]),
             "passes": float(s_cp.stats["num_passes"]),
+            "passes_bargaining": float(s_bp.stats["num_passes"]),
+            "master_iterations": int(s_cp.stats["master_iterations"]),
+            "master_iterations_bargaining": int(s_bp.stats["master_iterations"]),
+            "rounds": int(s_cp.stats["rounds"]),
+            "rounds_bargaining": int(s_bp.stats["rounds"]),
+            "same_p": bool(jnp.array_equal(s_cp.value, s_bp.value)),
             "curation_s": t_cp,
             "bargaining_s": t_bp,
             "pass_s": t_pass,
@@ -408,14 +414,18 @@ def markdown(res):
         lines += [
             "### From a CurationProblem (cached exp-rewards) vs a BargainingProblem",
             "",
-            "| n | m | seed | gap | objective diff | passes | curation (ms) | bargaining (ms) | "
+            "| family | n | m | seed | gap | objective diff | passes (cur / barg) | "
+            "master its (cur / barg) | same p | curation (ms) | bargaining (ms) | "
             "one pass (ms) | curation ratio | bargaining ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res["curation"]:
             lines.append(
-                f"| {r['n']:,} | {r['m']} | {r['seed']} | {r['gap_curation']:.1e} | "
-                f"{r['objective_diff']:.1e} | {r['passes']:.2f} | {1e3 * r['curation_s']:.2f} | "
+                f"| {r['family']} | {r['n']:,} | {r['m']} | {r['seed']} | "
+                f"{r['gap_curation']:.1e} | {r['objective_diff']:.1e} | "
+                f"{r['passes']:.2f} / {r['passes_bargaining']:.2f} | "
+                f"{r['master_iterations']} / {r['master_iterations_bargaining']} | "
+                f"{r['same_p']} | {1e3 * r['curation_s']:.2f} | "
                 f"{1e3 * r['bargaining_s']:.2f} | {1e3 * r['pass_s']:.2f} | "
                 f"{r['curation_ratio']:.1f}x | {r['bargaining_ratio']:.1f}x |"
             )
@@ -445,13 +455,15 @@ def main():
     ap.add_argument("--seeds", default="0,1", help="comma-separated seeds (with --n)")
     ap.add_argument("--no-curation", action="store_true")
     ap.add_argument("--curation-seeds", default="0,1")
+    ap.add_argument("--curation-families", default="quadratic-random-curvature")
+    ap.add_argument("--curation-n", type=int, default=1_000_000)
     args = ap.parse_args()
     fams = args.families.split(",")
     if args.n:
         ms = [int(x) for x in args.m.split(",")]
         seeds = [int(x) for x in args.seeds.split(",")]
         configs = [(f, args.n, m, s) for f in fams for m in ms for s in seeds]
-        curation = (1_000_000, 8, [int(x) for x in args.curation_seeds.split(",")])
+        curation = (args.curation_n, 8, [int(x) for x in args.curation_seeds.split(",")])
     elif args.quick:
         configs = [(f, 10_000, m, s) for f in fams for m in (2, 8) for s in (0, 1)]
         curation = (100_000, 8, [0])
@@ -476,7 +488,10 @@ def main():
         },
         "repeats": args.repeats,
     }
-    res["curation"] = [] if args.no_curation else bench_curation(*curation, args.repeats)
+    cfams = tuple(args.curation_families.split(","))
+    res["curation"] = (
+        [] if args.no_curation else bench_curation(*curation, args.repeats, families=cfams)
+    )
     res["solves"] = bench_solves(
         configs, args.repeats, 100_000 if args.cvxpy else 0, args.cvx_timeout
     )

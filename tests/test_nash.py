@@ -87,12 +87,15 @@ def test_cvxpy_clarabel(seed):
 
 @pytest.mark.parametrize("grid", [None, "1d"])
 def test_grid_levels_agree(grid):
-    # n = 20,000 > 2,000 * 8: the 1-D grid path uses two levels.
-    n, m = 20000, 4
+    # n = 140,000 >= 2,000 * 64: the 1-D grid path uses two levels (stride 64).
+    n, m = 140000, 4
     r, a = _smooth_rewards(3, m, n)
     bp = curax.BargainingProblem.from_rewards(r, a)
     sol = curax.nash_solution(bp, grid_shape=None if grid is None else (n,))
     assert sol.result == curax.RESULTS.successful
+    if grid is not None:
+        # Coarse passes count by their size: a fractional total means the coarse level ran.
+        assert float(sol.stats["num_passes"]) != int(sol.stats["num_steps"])
     assert _true_gap(sol.value, bp.utilities, a) <= 1e-12
     ref = curax.nash_solution(bp, grid_shape=None)
     assert abs(float(sol.stats["objective"] - ref.stats["objective"])) <= 1e-12
@@ -380,6 +383,68 @@ def test_curation_entry_wide_spread():
     assert s_cp.result == curax.RESULTS.successful
     assert abs(float(s_cp.stats["objective"] - s_bp.stats["objective"])) <= 1e-12
     assert _numpy_gap(s_cp.value, r, a) <= 1e-12
+
+
+def _stat(sol, key):
+    return float(sol.stats[key])
+
+
+@pytest.mark.parametrize(
+    "name,grid,n,seed",
+    # The two grid instances ran different solves from the two entries before they shared
+    # their start (master steps, rounds and gap differed).
+    [
+        ("random-curvature", True, 20000, 0),
+        ("anisotropic-2d", True, 16384, 1),
+        ("labels", False, 9000, 5),
+    ],
+)
+def test_curation_entry_same_solve_as_bargaining(name, grid, n, seed):
+    # Issue 13: from a CurationProblem the solve costs no more than from the equivalent
+    # BargainingProblem. Both entries must run the same solve on the same matrix: the same
+    # passes over E (the solver's pass counter), master steps and rounds, and the same p, and
+    # that p must be certified by an independent numpy recomputation from the rewards.
+    r, a, shape = _family(name, n, 8, seed)
+    cp = curax.CurationProblem(r, a)
+    bp = curax.BargainingProblem.from_curation(cp)
+    shape = shape if grid else None
+    s_cp = curax.nash_solution(cp, grid_shape=shape)
+    s_bp = curax.nash_solution(bp, grid_shape=shape)
+    for key in ("num_passes", "num_steps", "master_iterations", "rounds", "fw_gap"):
+        assert _stat(s_cp, key) == _stat(s_bp, key), key
+    np.testing.assert_array_equal(np.asarray(s_cp.value), np.asarray(s_bp.value))
+    assert _numpy_gap(s_cp.value, r, a) <= 1e-12
+    assert abs(_stat(s_cp, "objective") - _stat(s_bp, "objective")) <= 1e-14
+    # The objective is Phi in the user's units: the potential of the dynamics.
+    assert _stat(s_cp, "objective") == pytest.approx(
+        float(curax.potential(s_cp.value, cp)), abs=1e-12
+    )
+
+
+def test_curation_entry_underflow_off_the_sample():
+    # The solver starts from argmaxes over ~2,000 sampled columns. Here one reward is so
+    # narrow that it underflows to 0 on every sampled column (its peak sits halfway between
+    # two of them): the start must fall back to that row's exact argmax, from a
+    # CurationProblem (no anchors) as from a BargainingProblem (anchors known).
+    n = 20000
+    stride = n // 2000
+    x = np.linspace(0, 1, n)
+    h = x[1] - x[0]
+    centre = x[1000 * stride + stride // 2]
+    narrow = -(1200.0 / (stride / 2 * h) ** 2) * (x - centre) ** 2
+    r = jnp.asarray(np.stack([narrow, -3 * (x - 0.2) ** 2, -5 * (x - 0.8) ** 2]))
+    a = jnp.asarray([0.3, 0.4, 0.3])
+    cp = curax.CurationProblem(r, a)
+    assert float(jnp.max(cp.tilt_weights[0, ::stride])) == 0.0
+    bp = curax.BargainingProblem.from_curation(cp)
+    s_cp = curax.nash_solution(cp, grid_shape=(n,))
+    s_bp = curax.nash_solution(bp, grid_shape=(n,))
+    assert s_cp.result == curax.RESULTS.successful
+    assert _numpy_gap(s_cp.value, r, a) <= 1e-12
+    # The narrow reward is served: its utility is positive at the solution.
+    assert float(s_cp.stats["log_utilities"][0]) > -50
+    assert _stat(s_cp, "num_passes") == _stat(s_bp, "num_passes")
+    np.testing.assert_array_equal(np.asarray(s_cp.value), np.asarray(s_bp.value))
 
 
 # ------------------------------------------------------------------------------------------

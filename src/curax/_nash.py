@@ -225,6 +225,14 @@ class BargainingProblem(eqx.Module):
             ```
         """
         finite = any(k is not None for k in problem.ks)
+        if not finite and problem.tilt_weights is not None:
+            # K = infinity on every row: the problem's cached `exp(s - max s)` is this problem's
+            # utility matrix (no exponentials recomputed, and bit-for-bit the matrix that
+            # `nash_solution(problem)` solves on).
+            shift = jax.lax.stop_gradient(jnp.max(problem.scaled_rewards, axis=1))
+            return BargainingProblem(
+                problem.tilt_weights, problem.weights, log_scale=shift, utility="exp"
+            )
         return _from_scaled(
             problem.scaled_rewards, problem.weights, None, None, infinite_k_limit=finite
         )
@@ -308,14 +316,16 @@ def nash_solution(
     columns re-price the pass's best candidates and, on a grid, a multi-scale window around
     every atom and the barycentres of neighbouring atoms: near-duplicate neighbouring columns
     no longer make the passes creep towards each peak, and one pass usually certifies what the
-    rounds found. With `grid_shape`, coarse levels (stride 8 per dimension, while >= 2,000
-    points remain) hand their support to finer ones. The optimum has at most `m` atoms
-    generically, so a fixed number of slots (`2 m + 4` kept columns) makes the solve `jit`-
-    and `vmap`-able.
+    rounds found. With `grid_shape`, a coarse level (stride `8^j` per dimension keeping
+    >= 2,000 points; in 1-D from stride 64 only) hands its support to the fine one. The
+    optimum has at most `m` atoms generically, so a fixed number of slots (`2 m + 4` kept
+    columns) makes the solve `jit`- and `vmap`-able.
 
     From a [`curax.CurationProblem`][] with K = infinity on every row, the solve reads the
     problem's cached `exp(r / tau - max)` (the K -> infinity map's cache) instead of
-    recomputing the exponentials: build the problem once and solve it as often as needed.
+    recomputing the exponentials: build the problem once and solve it as often as needed. It
+    runs the same solve as from `curax.BargainingProblem.from_curation(problem)` (same passes,
+    same `p`).
 
     A mixture-family feasible set `{a @ family}` is solved as the simplex problem of the
     matrix `U @ family.T` (no grid); `value` is then `a @ family`.
@@ -452,13 +462,16 @@ def _nash_from_curation(
     assert cache is not None
     m = problem.num_rewards
     tol, grid_shape = _solve_options(cache.dtype, tol, max_passes, grid_shape, False)
-    # With a spread that cannot underflow every cached weight is > 0, and the anchors (a
-    # column where each utility is largest) may come from the coarsest level; otherwise they
-    # are computed exactly (a read of the cache).
-    anchors = None if problem.narrow else jnp.argmax(cache, axis=1)
+    # Every cached row has maximum exactly 1, so no anchors are needed: the solver starts from
+    # sampled columns exactly as from the equivalent BargainingProblem (an exact argmax here
+    # would be a full read of the cache, ~4-6 one-pass times on a CPU).
+    anchors = None
+    # Renormalised as `BargainingProblem` renormalises its weights (x / sum x is not
+    # idempotent in floating point): both entries then solve bit-identical problems.
+    weights = problem.weights / jnp.sum(problem.weights)
     out = _nash_solution_core(
         cache,
-        problem.weights,
+        weights,
         jnp.zeros((m,), cache.dtype),
         None,
         None,
@@ -540,7 +553,9 @@ def _nash_solution_core(
     objective = jnp.where(
         jnp.all(~ok | (u > 0)), jnp.sum(jnp.where(ok, alpha * log_u, 0.0)), -jnp.inf
     )
-    finite = jnp.all(jnp.isfinite(p)) & jnp.isfinite(res.gap)
+    # p is the scatter of the support weights: checking them is checking p (a read of n
+    # entries fewer).
+    finite = jnp.all(jnp.isfinite(res.weights)) & jnp.all(jnp.isfinite(u)) & jnp.isfinite(res.gap)
     result = RESULTS.where(
         res.gap <= tol,
         RESULTS.successful,
