@@ -1,8 +1,9 @@
 """Old against new finite-K kernel, interleaved in one process (robust to machine load).
 
 Loads `_laplace_growth` from another checkout's `src/curax/_maps.py` (e.g. main) next to this
-checkout's (called with the problem's cached point order, as `curax.curate` calls it), and times both on the families of `bench_maps.py`, best of 5
-interleaved repeats, with one `E @ p` + `E.T @ w` pass as the unit.
+checkout's (called with the problem's cached point order, as `curax.curate` calls it), and
+times both on the families of `bench_maps.py`, best of 5 interleaved repeats, with one
+`E @ p` + `E.T @ w` pass as the unit.
 
     PYTHONPATH=src python benchmarks/ab_maps.py --old-src /path/to/old/src --families 0 8 5 7 6
 """
@@ -59,7 +60,12 @@ def main():
         old = jax.jit(lambda s, p: old_lg(s, p, ks, q))
         # As `curax.curate` calls it: with the problem's cached point order.
         new = jax.jit(lambda s, p: M._laplace_growth(s, p, ks, q, order=pr.finite_order))
-        g_old, g_new = old(s, p), new(s, p)
+        t0 = time.perf_counter()
+        g_old = old(s, p).block_until_ready()
+        compile_old = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        g_new = new(s, p).block_until_ready()
+        compile_new = time.perf_counter() - t0
         err = float(jnp.max(jnp.abs(g_new - g_old) / g_old))
         one_pass(E, pe, we).block_until_ready()
         fl, to, tn = [], [], []
@@ -73,7 +79,8 @@ def main():
             f"new_ms={1e3 * w:.1f} old/Q={o / f / q:.2f} new/Q={w / f / q:.2f} "
             f"speedup(best)={o / w:.2f} "
             f"speedup(median)={np.median(np.array(to) / np.array(tn)):.2f} "
-            f"new-vs-old={err:.1e} load={os.getloadavg()[0]:.0f}",
+            f"new-vs-old={err:.1e} first_call_s old={compile_old:.1f} new={compile_new:.1f} "
+            f"load={os.getloadavg()[0]:.0f}",
             flush=True,
         )
 
