@@ -473,7 +473,7 @@ def test_ordered_paths_match_enumeration(k, spread):
 
 @pytest.mark.parametrize(
     "k, spread",
-    [(2, 20.0), (8, 20.0), (8, 50.0), (64, 50.0), (300, 50.0), (2, 100.0)],
+    [(2, 20.0), (8, 20.0), (8, 50.0), (64, 50.0), (300, 50.0), (300, 1.0), (2, 100.0)],
 )
 @pytest.mark.parametrize("table", [False, True])
 def test_ordered_paths_match_multinomial_sum_on_labels(k, spread, table):
