@@ -24,13 +24,11 @@ from ._problem import (
 # Elements (rewards x nodes x points) in one block of the finite-K quadrature: the memory of a
 # map evaluation is O(this), not O(Q * n).
 _BLOCK_ELEMENTS = 2**19
-# Above this many multiples of K, the growth factor of a point far above the support's maximum
-# is K (1 - (K - 1) E_p[W] / W) to ~1e-14; below it the quadrature is exact.
-_ASYMPTOTIC_RATIO = 1e7
 # A node k whose phi_k^(K-1) is below exp(-(u_max + _RELEVANT_MARGIN)) changes no growth factor
 # by more than 1e-17 relative: H(x) / K >= w(x) / (w(x) + (K - 1) E_p[w]) (Jensen), while the
-# node's term is at most c_k phi_k^(K-1) t_k w(x) with t_k <= e^u_max / K, c_k <= 9, w <= e 1e7 K
-# (the asymptotic cap), summed over <= e^7 nodes: 39 + 2.2 + 17 + 7 nats.
+# node's term is at most c_k phi_k^(K-1) t_k w(x) with t_k <= e^u_max / K, c_k <= 9, w <= 1
+# (the rewards are shifted by their maximum; the margin allows w up to e 1e7 K), summed over
+# <= e^7 nodes: 39 + 2.2 + 17 + 7 nats.
 _RELEVANT_MARGIN = 65.0
 # Largest K - 1 for which phi = E_p[e^{-tw}] summed directly is accurate enough for
 # phi^(K-1): its relative error (a few eps) is multiplied by K - 1 (< 1e-13 at 64).
@@ -158,7 +156,8 @@ def _table_cells(ks: tuple[int, ...], num_nodes: int) -> tuple[float, int]:
     -log t_max over the rewards (below it one bottom cell expands around w = 0). log w <= 0
     at every point: the rewards are shifted by their maximum whenever their spread is within
     the nodes' coverage, which the map checks (`error_if`) before using the tables. (Up to
-    the asymptotic cap, log(1e7 K) + 1, the grid was ~20 nats, 40-50% of its cells, longer.)
+    the former cap for points above the support, log(1e7 K) + 1, the grid was ~20 nats,
+    40-50% of its cells, longer.)
     """
     top = _CELL
     u_max = QUAD_U_MIN + (num_nodes - 1) * QUAD_STEP
@@ -487,11 +486,9 @@ def _laplace_growth(
         _support_max(s, p)[:, 0],
     )
     log_w = s - shift[:, None]
-    log_ew = jax.nn.logsumexp(log_w, b=p[None, :], axis=-1)  # log E_p[w], (r,)
-    # Points far above the support's maximum (only when the spread exceeds the node coverage)
-    # take the asymptotic expansion below; capping them keeps every product finite.
-    log_far = jnp.log(_ASYMPTOTIC_RATIO * k)
-    log_wq = jnp.minimum(log_w, log_far[:, None] + 1)
+    # With the spread within the nodes' coverage (checked above) the shift is the rewards'
+    # maximum, so log w <= 0 at every point: no point lies far above the support.
+    log_wq = log_w
 
     u = QUAD_U_MIN + QUAD_STEP * jnp.arange(num_nodes, dtype=dtype)
     log_t = -jnp.log(k)[:, None] + (u - jnp.exp(-u))[None, :]  # (r, Q)
@@ -567,6 +564,7 @@ def _laplace_growth(
         phi, phim1 = sums
         # log phi two ways: log1p of the expm1 sum where t E[w] < 1 (phi near 1), the log of
         # the direct sum elsewhere; either alone loses accuracy for peaked p or large K.
+        log_ew = jax.nn.logsumexp(log_w, b=p[None, :], axis=-1)  # log E_p[w], (r,)
         small = log_t + log_ew[:, None] < 0
         log_phi = jnp.where(
             small,
@@ -593,11 +591,7 @@ def _laplace_growth(
 
         h = jnp.moveaxis(lax.map(pass2, x_blocks), 0, -2).reshape(r, -1)[:, :n]
     h = k[:, None] * h
-    far = log_w >= log_far[:, None]
-    asym = k[:, None] * (
-        1 - (k[:, None] - 1) * jnp.exp(log_ew[:, None] - jnp.where(far, log_w, 0.0))
-    )
-    return jnp.where(far, asym, h)
+    return h
 
 
 def _grouped_growths(p: Array, problem: CurationProblem, mixed: bool) -> Array:
