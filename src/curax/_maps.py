@@ -320,7 +320,7 @@ def _growth_windowed(
     if rounds > 1:
         h = lax.fori_loop(1, rounds, more, h)
     h = h.reshape(r, nb * chunk)[:, :n]
-    return jnp.zeros_like(h).at[jnp.arange(r)[:, None], order].set(h)
+    return jax.vmap(lambda hr, o: jnp.zeros_like(hr).at[o].set(hr))(h, order)
 
 
 def _phi_cut(ks: tuple[int, ...], num_nodes: int) -> float:
@@ -329,6 +329,12 @@ def _phi_cut(ks: tuple[int, ...], num_nodes: int) -> float:
     phi_k^(K-1) is below K e^(-cut + u_max + margin) < 1e-16."""
     u_max = QUAD_U_MIN + (num_nodes - 1) * QUAD_STEP
     return min(u_max + _RELEVANT_MARGIN + 37.0 + math.log(max(ks)), 740.0)
+
+
+def _permute_rows(x: Float[Array, "r n"], order: Int[Array, "r n"]) -> Float[Array, "r n"]:
+    """x[i, order[i]] per row: a batched gather (take_along_axis would build an (r, n, 2)
+    index array)."""
+    return jax.vmap(lambda xr, o: xr[o])(x, order)
 
 
 def _chebyshev_low(
@@ -544,7 +550,7 @@ def _laplace_growth(
         else:
             # The sums over the points do not depend on their order; sorted by reward, each
             # block of points sees few nodes whatever the rewards' geometry.
-            lw1 = jnp.take_along_axis(log_wq, order, axis=1)
+            lw1 = _permute_rows(log_wq, order)
             p1 = p[order]
         sums = _phi_windowed(lw1, p1, t, mode, _phi_cut(ks, num_nodes))
     else:
@@ -575,7 +581,7 @@ def _laplace_growth(
 
     # Pass 2: H(x) = K sum_k a_k (t_k w(x)) e^{-t_k w(x)}.
     if windows and order is not None and not use_table:
-        h = _growth_windowed(jnp.take_along_axis(log_wq, order, axis=1), a, t, order)
+        h = _growth_windowed(_permute_rows(log_wq, order), a, t, order)
     elif use_table:
         top, cells = _table_cells(ks, num_nodes)
         log_tmax = log_t[:, -1]
