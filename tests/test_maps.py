@@ -437,3 +437,150 @@ def test_fast_paths_match_dense_quadrature(ks, getkey):
     fast = _laplace_growth(s, p, ks, nodes, table=True, windows=True)
     dense = _laplace_growth(s, p, ks, nodes, phi_mode="both", table=False, windows=False)
     np.testing.assert_allclose(np.asarray(fast), np.asarray(dense), rtol=1e-12, atol=0)
+
+
+def _ordered(r):
+    # The problem's cached order of the points (by reward), as `curax.curate` passes it.
+    order = curax.CurationProblem(jnp.asarray(r)[None], k=2).finite_order
+    assert order is not None
+    return order
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 8, 64])
+@pytest.mark.parametrize("spread", [5.0, 50.0])
+def test_ordered_paths_match_enumeration(k, spread):
+    # Tiny supports, one block holding every point (its rewards spread over the whole range:
+    # several windows and the Chebyshev part over a wide range of w), forced on; every
+    # (k-1)-tuple enumerated, points off the support included.
+    from curax._maps import _laplace_growth
+
+    for seed in range(2):
+        n = 5 + seed
+        r, p = _random_case(seed, n, spread, zero_mass=True)
+        nodes = curax.nodes_for_spread(spread)
+        expected = brute_force_growth(p, np.exp(r - r.max()), min(k, 6))
+        g = _laplace_growth(
+            jnp.asarray(r)[None],
+            jnp.asarray(p),
+            (min(k, 6),),
+            nodes,
+            windows=True,
+            table=False,
+            order=_ordered(r),
+        )
+        np.testing.assert_allclose(np.asarray(g[0]), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    "k, spread",
+    [(2, 20.0), (8, 20.0), (8, 50.0), (64, 50.0), (300, 50.0), (300, 1.0), (2, 100.0)],
+)
+@pytest.mark.parametrize("table", [False, True])
+def test_ordered_paths_match_multinomial_sum_on_labels(k, spread, table):
+    # Random rewards over 3000 labels (no geometry), ordered by reward: blocks of 1024 points,
+    # two atoms in the top block (the Chebyshev interpolation sums two distinct weights), one
+    # at the lowest reward. Both second passes (windows on ordered points, Taylor tables).
+    from curax._maps import _laplace_growth
+
+    n = 3000
+    rng = np.random.default_rng(k)
+    r = rng.uniform(0.0, spread, n)
+    r[0], r[1] = 0.0, spread
+    order = np.asarray(_ordered(r))
+    atoms = np.array([0, order[0, 300], 1])
+    p = np.zeros(n)
+    p[atoms] = [0.5, 0.3, 0.2]
+    nodes = curax.nodes_for_spread(spread)
+    g = _laplace_growth(
+        jnp.asarray(r)[None],
+        jnp.asarray(p),
+        (k,),
+        nodes,
+        windows=True,
+        table=table,
+        order=jnp.asarray(order),
+    )
+    w = np.exp(r - r.max())
+    expected = multinomial_growth(p[atoms], w[atoms], w, k)
+    np.testing.assert_allclose(np.asarray(g[0]), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("ks", [(2, 8, 64), (300, 300, 300)])
+def test_ordered_paths_match_dense_quadrature_on_labels(ks, getkey):
+    # Random labels with a full-support random p: every block of the ordered points carries
+    # mass. The ordered paths (and a random order: any order gives the same map) against the
+    # dense two-formula quadrature, node for node the same rule.
+    from curax._maps import _laplace_growth
+
+    n = 5000
+    s = jr.uniform(getkey(), (3, n), minval=0.0, maxval=40.0)
+    p = jr.dirichlet(getkey(), jnp.ones(n))
+    problem = curax.CurationProblem(s, k=ks)
+    nodes = problem.quadrature_nodes
+    dense = _laplace_growth(s, p, ks, nodes, phi_mode="both", table=False, windows=False)
+    shuffled = jnp.stack([jr.permutation(getkey(), n) for _ in range(3)]).astype(jnp.int32)
+    for order in (problem.finite_order, shuffled):
+        fast = _laplace_growth(s, p, ks, nodes, windows=True, table=False, order=order)
+        np.testing.assert_allclose(np.asarray(fast), np.asarray(dense), rtol=1e-12, atol=0)
+
+
+def test_finite_order_cache():
+    # A permutation of each finite-K row's points by decreasing reward (up to its 0.05-nat
+    # bins); dropped by map_points (its indices refer to the old support) and absent when the
+    # rewards are traced at construction; the map is the same without it.
+    rng = np.random.default_rng(0)
+    r = rng.uniform(0.0, 30.0, (3, 4000))
+    problem = curax.CurationProblem(jnp.asarray(r), k=(4, None, 9), temperature=2.0)
+    order = np.asarray(problem.finite_order)
+    assert order.shape == (2, 4000)
+    for row, o in zip(r[[0, 2]] / 2.0, order):
+        assert np.array_equal(np.sort(o), np.arange(4000))
+        assert np.all(np.diff(row[o]) <= 0.05 + 1e-12)
+    assert problem.map_points(lambda a: a[..., :100]).finite_order is None
+    seen = []
+
+    @jax.jit
+    def build(r):
+        seen.append(curax.CurationProblem(r, k=4).finite_order is None)
+        return r
+
+    build(jnp.asarray(r))
+    assert seen == [True]
+    assert curax.CurationProblem(jnp.asarray(r), k=None).finite_order is None
+    p = jnp.asarray(rng.dirichlet(np.ones(4000)))
+    plain = eqx.tree_at(lambda pr: pr.finite_order, problem, None)
+    np.testing.assert_allclose(
+        np.asarray(curax.curate(p, problem)), np.asarray(curax.curate(p, plain)), rtol=1e-12
+    )
+
+
+def test_ordered_paths_differentiate_like_the_dense_quadrature():
+    # Solvers differentiate the map (jacfwd in ActiveSetNewton, grad in sweeps): the ordered
+    # paths (gathers, Chebyshev interpolation, scattered windows) against the dense rule.
+    from curax._maps import _laplace_growth
+
+    rng = np.random.default_rng(0)
+    s = jnp.asarray(rng.uniform(0.0, 20.0, 3000))[None]
+    problem = curax.CurationProblem(s, k=8)
+    p = jnp.asarray(rng.dirichlet(np.ones(3000)))
+    v = jnp.asarray(rng.normal(size=3000))
+    v = v - jnp.mean(v)
+
+    def fast(p):
+        kw = dict(windows=True, table=False, order=problem.finite_order)
+        return _laplace_growth(s, p, (8,), problem.quadrature_nodes, **kw)[0, :50]
+
+    def dense(p):
+        kw = dict(windows=False, table=False, phi_mode="both")
+        return _laplace_growth(s, p, (8,), problem.quadrature_nodes, **kw)[0, :50]
+
+    _, t_fast = jax.jvp(fast, (p,), (v,))
+    _, t_dense = jax.jvp(dense, (p,), (v,))
+    np.testing.assert_allclose(np.asarray(t_fast), np.asarray(t_dense), rtol=1e-11, atol=0)
+    # Off the simplex the two formulas for log phi are different functions (log of a sum
+    # with mass sum p, log1p of the expm1 sum): compare gradients along the simplex.
+    g_fast = jax.grad(lambda p: jnp.sum(fast(p)))(p)
+    g_dense = jax.grad(lambda p: jnp.sum(dense(p)))(p)
+    g_fast, g_dense = g_fast - jnp.mean(g_fast), g_dense - jnp.mean(g_dense)
+    scale = float(jnp.max(jnp.abs(g_dense)))
+    np.testing.assert_allclose(np.asarray(g_fast), np.asarray(g_dense), rtol=0, atol=1e-12 * scale)

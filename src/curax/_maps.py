@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from ._problem import (
     check_concrete_distribution,
@@ -24,13 +24,11 @@ from ._problem import (
 # Elements (rewards x nodes x points) in one block of the finite-K quadrature: the memory of a
 # map evaluation is O(this), not O(Q * n).
 _BLOCK_ELEMENTS = 2**19
-# Above this many multiples of K, the growth factor of a point far above the support's maximum
-# is K (1 - (K - 1) E_p[W] / W) to ~1e-14; below it the quadrature is exact.
-_ASYMPTOTIC_RATIO = 1e7
 # A node k whose phi_k^(K-1) is below exp(-(u_max + _RELEVANT_MARGIN)) changes no growth factor
 # by more than 1e-17 relative: H(x) / K >= w(x) / (w(x) + (K - 1) E_p[w]) (Jensen), while the
-# node's term is at most c_k phi_k^(K-1) t_k w(x) with t_k <= e^u_max / K, c_k <= 9, w <= e 1e7 K
-# (the asymptotic cap), summed over <= e^7 nodes: 39 + 2.2 + 17 + 7 nats.
+# node's term is at most c_k phi_k^(K-1) t_k w(x) with t_k <= e^u_max / K, c_k <= 9, w <= 1
+# (the rewards are shifted by their maximum; the margin allows w up to e 1e7 K), summed over
+# <= e^7 nodes: 39 + 2.2 + 17 + 7 nats.
 _RELEVANT_MARGIN = 65.0
 # Largest K - 1 for which phi = E_p[e^{-tw}] summed directly is accurate enough for
 # phi^(K-1): its relative error (a few eps) is multiplied by K - 1 (< 1e-13 at 64).
@@ -42,13 +40,19 @@ _DIRECT_MAX_K1 = 64
 _CELL = 0.05
 _DEGREE = 20
 _TAIL = 45.0
-# Pass 1 in blocks of _WINDOW_POINTS consecutive points: per block and reward only the nodes
-# with _LOW < t_k w and t_k w_min <= the cut are summed point by point, _WINDOW nodes at a time;
-# below, a Taylor series of degree _DEGREE in t_k w (remainder < 1e-18 relative); above, the
-# terms are dropped (see `_phi_cut`).
-_WINDOW = 16
+# Pass 1 in blocks of _WINDOW_POINTS consecutive points (ordered by reward when the problem
+# caches the order): per block and reward only the nodes with _LOW < t_k w_max and
+# t_k w_min <= the cut are summed point by point, _WINDOW nodes at a time; below, Chebyshev
+# interpolation in t from _CHEB points (error < 1e-20 relative, see `_chebyshev_low`);
+# above, the terms are dropped (see `_phi_cut`). Below _WINDOW_MIN_NODES nodes the dense
+# pass (Q exponentials per point) costs no more.
+_WINDOW = 24
 _WINDOW_POINTS = 1024
 _LOW = 1.0
+_CHEB = 14
+_WINDOW_MIN_NODES = 64
+# Pass 2 on ordered points: nodes with _LOW < t_k w and t_k w_min <= _TAIL, per block.
+_WINDOW2 = 16
 
 
 def _exp_cap(dtype: Any) -> float:
@@ -148,12 +152,17 @@ def _phi_mode(ks: tuple[int, ...], num_nodes: int, dtype: Any) -> str:
 
 
 def _table_cells(ks: tuple[int, ...], num_nodes: int) -> tuple[float, int]:
-    """Top of the log-w grid of the Taylor tables (the asymptotic cap) and its cell count,
-    down to the smallest -log t_max over the rewards (below it one bottom cell expands
-    around w = 0)."""
-    top = math.log(_ASYMPTOTIC_RATIO * max(ks)) + 1.0
+    """Top of the log-w grid of the Taylor tables and its cell count, down to the smallest
+    -log t_max over the rewards (below it one bottom cell expands around w = 0). log w <= 0
+    at every point: the rewards are shifted by their maximum whenever their spread is within
+    the nodes' coverage, which the map checks (`error_if`) before using the tables. (Up to
+    the former cap for points above the support, log(1e7 K) + 1, the grid was ~20 nats,
+    40-50% of its cells, longer.)
+    """
+    top = _CELL
     u_max = QUAD_U_MIN + (num_nodes - 1) * QUAD_STEP
-    bottom = -(u_max - math.exp(-u_max) - math.log(min(ks)))
+    # Large K and narrow rewards: t_max w <= 1 everywhere and the bottom row serves all.
+    bottom = min(-(u_max - math.exp(-u_max) - math.log(min(ks))), 0.0)
     return top, math.ceil((top - bottom) / _CELL) + 1
 
 
@@ -233,6 +242,87 @@ def _table_growth(
     return jnp.moveaxis(h, 0, -2).reshape(r, -1)[:, :n]
 
 
+def _chebyshev_matrix(dtype: Any) -> tuple[Array, Array]:
+    """Chebyshev points of the first kind x_i in (-1, 1) (_CHEB of them) and the matrix
+    taking values at them to the coefficients of the interpolant in T_0 .. T_{M-1}."""
+    m = _CHEB
+    theta = (2 * jnp.arange(m, dtype=dtype) + 1) * (math.pi / (2 * m))
+    coef_mat = (2.0 / m) * jnp.cos(jnp.arange(m, dtype=dtype)[:, None] * theta[None, :])
+    return jnp.cos(theta), coef_mat.at[0].multiply(0.5)
+
+
+def _clenshaw(a: Float[Array, "... m"], x: Float[Array, "... c"]) -> Float[Array, "... c"]:
+    """sum_j a_j T_j(x), x in [-1, 1] (Clenshaw's recurrence)."""
+    b1 = jnp.zeros_like(x)
+    b2 = jnp.zeros_like(x)
+    for j in range(a.shape[-1] - 1, 0, -1):
+        b1, b2 = a[..., j : j + 1] + 2 * x * b1 - b2, b1
+    return a[..., :1] + x * b1 - b2
+
+
+def _growth_windowed(
+    log_ws: Float[Array, "r n"],
+    a: Float[Array, "r q"],
+    t: Float[Array, "r q"],
+    order: Int[Array, "r n"],
+) -> Float[Array, "r n"]:
+    """Pass 2, H(x) / K = sum_k a_k t_k w e^{-t_k w}, on points ordered by reward (`log_ws`
+    is log w in the order `order`; the result is in the original order). Per block of
+    consecutive points and reward: nodes with t_k w_max <= _LOW by Chebyshev interpolation in
+    w of s(w) = sum_k a_k t_k e^{-t_k w} on [0, w_max] (|s^(M)| <= w_max^-M sum a_k t_k and
+    s >= e^-1 sum a_k t_k there: error <= 2 e (1/4)^M / M! relative, 2e-19 at M = 14), nodes
+    with t_k w_min > _TAIL dropped (as for the tables, < 2e-17 relative), the rest exactly,
+    _WINDOW2 nodes at a time."""
+    r, n = log_ws.shape
+    q = t.shape[1]
+    dtype = t.dtype
+    chunk = min(n, _WINDOW_POINTS)
+    nb = -(-n // chunk)
+    # Edge padding: the padded points repeat the last one, so they widen no block's range.
+    lw = jnp.pad(log_ws, [(0, 0), (0, nb * chunk - n)], mode="edge").reshape(r, nb, chunk)
+    log_t = jnp.log(t)[:, None, :]  # (r, 1, q)
+    nodes = jnp.arange(q)[None, None, :]
+    lmax = jnp.max(lw, axis=-1)  # (r, nb)
+    lmin = jnp.min(lw, axis=-1)
+    k_lo = jnp.sum(log_t + lmax[..., None] <= math.log(_LOW), axis=-1)
+    k_hi = jnp.maximum(jnp.sum(log_t + lmin[..., None] <= math.log(_TAIL), axis=-1), k_lo)
+    w = lax.optimization_barrier(jnp.exp(lw))
+    at = a * t
+    x_i, coef_mat = _chebyshev_matrix(dtype)
+    w_max = jnp.exp(lmax)
+    w_i = w_max[..., None] * ((1 + x_i) / 2)[None, None, :]  # (r, nb, M)
+    at_low = jnp.where(nodes < k_lo[..., None], at[:, None, :], 0.0)  # (r, nb, q)
+    s_i = jnp.sum(
+        at_low[:, :, None, :] * jnp.exp(-t[:, None, None, :] * w_i[..., None]), axis=-1
+    )  # (r, nb, M)
+    coef = jnp.einsum("rbi,ji->rbj", s_i, coef_mat)
+    x = jnp.clip(2 * w / w_max[..., None] - 1, -1.0, 1.0)
+    h = w * _clenshaw(coef, x)
+    span = jnp.max(k_hi - k_lo)
+    t_b = jnp.broadcast_to(t[:, None, :], (r, nb, q))
+    at_b = jnp.broadcast_to(at[:, None, :], (r, nb, q))
+
+    def window(i, h):
+        idx = k_lo[..., None] + i * _WINDOW2 + jnp.arange(_WINDOW2)[None, None, :]
+        valid = idx < k_hi[..., None]
+        idx = jnp.minimum(idx, q - 1)
+        tl = jnp.where(valid, jnp.take_along_axis(t_b, idx, axis=-1), 0.0)
+        al = jnp.where(valid, jnp.take_along_axis(at_b, idx, axis=-1), 0.0)
+        tl, al = lax.optimization_barrier((tl, al))
+        terms = al[..., None] * jnp.exp(-tl[..., None] * w[:, :, None, :])  # (r, nb, L, c)
+        return h + w * jnp.sum(terms, axis=2)
+
+    def more(i, h):
+        return lax.cond(i * _WINDOW2 < span, lambda h: window(i, h), lambda h: h, h)
+
+    h = window(0, h)
+    rounds = -(-q // _WINDOW2)
+    if rounds > 1:
+        h = lax.fori_loop(1, rounds, more, h)
+    h = h.reshape(r, nb * chunk)[:, :n]
+    return jax.vmap(lambda hr, o: jnp.zeros_like(hr).at[o].set(hr))(h, order)
+
+
 def _phi_cut(ks: tuple[int, ...], num_nodes: int) -> float:
     """Pairs with t_k w > this cut change phi_k by < e^-cut absolutely. Where phi_k^(K-1)
     matters, phi_k >= exp(-(u_max + margin)) (`_RELEVANT_MARGIN`), so the relative change of
@@ -241,87 +331,109 @@ def _phi_cut(ks: tuple[int, ...], num_nodes: int) -> float:
     return min(u_max + _RELEVANT_MARGIN + 37.0 + math.log(max(ks)), 740.0)
 
 
+def _permute_rows(x: Float[Array, "r n"], order: Int[Array, "r n"]) -> Float[Array, "r n"]:
+    """x[i, order[i]] per row: a batched gather (take_along_axis would build an (r, n, 2)
+    index array)."""
+    return jax.vmap(lambda xr, o: xr[o])(x, order)
+
+
+def _chebyshev_low(
+    lw: Float[Array, "r b c"],
+    pb: Float[Array, "r b c"],
+    w: Float[Array, "r b c"],
+    lmax: Float[Array, "r b"],
+    t: Float[Array, "r q"],
+) -> Float[Array, "r b q"]:
+    """sum_c pb expm1(-t_k w) for every node, valid where t_k w_max <= _LOW (the low nodes):
+    h(t) = sum_c pb expm1(-t w) / t is interpolated on [0, T], T = _LOW / w_max, from its
+    values at _CHEB Chebyshev points (first kind), one exponential per point each, and
+    evaluated at the nodes by Clenshaw. With h = -sum pb w phi1(t w), phi1(s) = (1 - e^-s)/s,
+    |h^(M)| <= w_max^M sum pb w / (M + 1) and |h| >= (1 - e^-1) sum pb w on [0, T], so the
+    interpolation error is <= 2 (1/4)^M / ((M + 1)! (1 - e^-1)) relative: 1e-20 at M = 14
+    (independent of the block's range of w)."""
+    x_i, coef_mat = _chebyshev_matrix(t.dtype)
+    big_t = jnp.exp(math.log(_LOW) - lmax)  # (r, b)
+    t_i = big_t[..., None] * ((1 + x_i) / 2)[None, None, :]  # (r, b, M)
+    t_i = lax.optimization_barrier(t_i)
+    h_i = jnp.sum(jnp.expm1(-t_i[..., None] * w[:, :, None, :]) * pb[:, :, None, :], axis=-1)
+    a = jnp.einsum("rbi,ji->rbj", h_i / t_i, coef_mat)  # Chebyshev coefficients
+    x = jnp.clip(2 * t[:, None, :] / big_t[..., None] - 1, -1.0, 1.0)  # (r, b, q)
+    h = _clenshaw(a, x)
+    return t[:, None, :] * h
+
+
 def _phi_windowed(
     log_wq: Float[Array, "r n"],
-    p: Float[Array, " n"],
+    p: Float[Array, "r n"] | Float[Array, " n"],
     t: Float[Array, "r q"],
     mode: str,
     cut: float,
 ) -> Any:
     """Pass 1 (the sums over the points of e^{-t_k w} and/or expm1(-t_k w) at every node)
     skipping, per block of points and reward, the nodes where the block's terms are known
-    without an exponential each: a Taylor series in t_k w where t_k w <= _LOW for every point
-    of the block, nothing (or minus the block's mass, for the expm1 sum) where t_k w > cut for
-    every point with mass. For rewards that vary smoothly over the points (grids), a block
-    sees ~(log(cut) - log(_LOW)) / 0.3 + its own range of log w nodes, not Q."""
+    without an exponential each: Chebyshev interpolation in t where t_k w <= _LOW for every
+    point of the block (`_chebyshev_low`), nothing (or minus the block's mass, for the expm1
+    sum) where t_k w > cut for every point with mass. A block sees ~(log(cut) - log(_LOW) +
+    its range of log w) / 0.3 nodes plus _CHEB interpolation points, not Q: with the points
+    ordered by reward (`CurationProblem.finite_order`) one window of _WINDOW nodes; further
+    windows run (for every block) only when some block needs them. All blocks are processed
+    at once (no loop over blocks). `p` is `(n,)` or, for points ordered per row, `(r, n)`."""
     r, n = log_wq.shape
     q = t.shape[1]
-    dtype = t.dtype
     chunk = min(n, _WINDOW_POINTS)
-    log_t = jnp.log(t)
+    nb = -(-n // chunk)
+    pad = [(0, 0), (0, nb * chunk - n)]
+    lw = jnp.pad(log_wq, pad).reshape(r, nb, chunk)
+    pb = jnp.pad(jnp.broadcast_to(p, (r, n)), pad).reshape(r, nb, chunk)
+    log_t = jnp.log(t)[:, None, :]  # (r, 1, q)
     nodes = jnp.arange(q)
     rounds = -(-q // _WINDOW)
-    fact = jnp.cumprod(
-        jnp.concatenate([jnp.ones(1, dtype), jnp.arange(1, _DEGREE + 1, dtype=dtype)])
-    )
-    want_exp = mode in ("direct", "both")
-    want_m1 = mode in ("expm1", "both")
+    want = [
+        f for f, on in ((jnp.exp, mode in ("direct", "both")), (jnp.expm1, mode != "direct")) if on
+    ]
 
-    def powers(x):  # (..., ) -> (..., d): x^j
-        ones = jnp.ones(x.shape + (1,), dtype)
-        rep = jnp.broadcast_to(x[..., None], x.shape + (_DEGREE,))
-        return jnp.concatenate([ones, jnp.cumprod(rep, axis=-1)], axis=-1)
+    on = pb > 0
+    lmax = jnp.max(jnp.where(on, lw, -jnp.inf), axis=-1)  # (r, nb)
+    lmin = jnp.min(jnp.where(on, lw, jnp.inf), axis=-1)
+    empty = ~jnp.isfinite(lmax)
+    lmax = jnp.where(empty, 0.0, lmax)
+    lmin = jnp.where(empty, 0.0, lmin)
+    k_lo = jnp.where(empty, q, jnp.sum(log_t + lmax[..., None] <= math.log(_LOW), axis=-1))
+    k_hi = jnp.maximum(jnp.sum(log_t + lmin[..., None] <= math.log(cut), axis=-1), k_lo)
+    # Materialised (a barrier), else XLA fuses the exponential into every node's sum.
+    w = lax.optimization_barrier(jnp.where(on, jnp.exp(lw), 0.0))
+    mass = jnp.sum(pb, axis=-1)[..., None]  # (r, nb, 1)
+    low_m1 = _chebyshev_low(lw, pb, w, lmax, t)  # (r, nb, q)
+    low = nodes[None, None, :] < k_lo[..., None]
+    high = nodes[None, None, :] >= k_hi[..., None]
+    add_e = jnp.sum(jnp.where(low, mass + low_m1, 0.0), axis=1)
+    add_m = jnp.sum(jnp.where(low, low_m1, jnp.where(high, -mass, 0.0)), axis=1)
+    acc = tuple(a for a, f in ((add_e, jnp.exp), (add_m, jnp.expm1)) if f in want)
+    span = jnp.max(k_hi - k_lo)
+    t_b = jnp.broadcast_to(t[:, None, :], (r, nb, q))
+    rows = jnp.arange(r)[:, None, None]
 
-    def block(carry, blk):
-        lw, pb = blk  # (r, chunk), (chunk,)
-        on = (pb > 0)[None, :]
-        lmax = jnp.max(jnp.where(on, lw, -jnp.inf), axis=-1)
-        lmin = jnp.min(jnp.where(on, lw, jnp.inf), axis=-1)
-        empty = ~jnp.isfinite(lmax)
-        lmax = jnp.where(empty, 0.0, lmax)
-        lmin = jnp.where(empty, 0.0, lmin)
-        k_lo = jnp.where(empty, q, jnp.sum(log_t + lmax[:, None] <= math.log(_LOW), axis=-1))
-        k_hi = jnp.maximum(jnp.sum(log_t + lmin[:, None] <= math.log(cut), axis=-1), k_lo)
-        # Taylor part: sum_x p e^{-t w} = sum_j (-t w_max)^j / j! sum_x p (w / w_max)^j.
-        z = jnp.where(on, jnp.exp(lw - lmax[:, None]), 0.0)
-        mom = jnp.einsum("rcj,c->rj", powers(z), pb)  # (r, d)
-        # Clamped: only the low nodes (t w_max <= 1) use it, and the rest must not overflow.
-        y = jnp.minimum(t * jnp.exp(lmax)[:, None], _LOW)
-        coef = powers(-y) / fact[None, None, :]  # (r, q, d)
-        low = nodes[None, :] < k_lo[:, None]
-        high = nodes[None, :] >= k_hi[:, None]
-        taylor = jnp.einsum("rqj,rj->rq", coef[:, :, 1:], mom[:, 1:])
-        add_e = jnp.where(low, taylor + mom[:, :1], 0.0)
-        add_m = jnp.where(low, taylor, jnp.where(high, -mom[:, :1], 0.0))
-        w = jnp.exp(lw)
-        span = jnp.max(k_hi - k_lo)
+    def window(i, acc):
+        idx = k_lo[..., None] + i * _WINDOW + jnp.arange(_WINDOW)[None, None, :]  # (r, nb, L)
+        valid = idx < k_hi[..., None]
+        idx = jnp.minimum(idx, q - 1)
+        tl = jnp.where(valid, jnp.take_along_axis(t_b, idx, axis=-1), 0.0)
+        tl = lax.optimization_barrier(tl)  # one gather per node, not per node and point
+        tw = tl[..., None] * w[:, :, None, :]  # (r, nb, L, chunk), fused into the sums
+        out = []
+        for a, f in zip(acc, want):
+            v = jnp.where(valid, jnp.sum(f(-tw) * pb[:, :, None, :], axis=-1), 0.0)
+            out.append(a.at[rows, idx].add(v))
+        return tuple(out)
 
-        def window(i, acc):
-            def run(acc):
-                idx = k_lo[:, None] + i * _WINDOW + jnp.arange(_WINDOW)[None, :]  # (r, L)
-                valid = idx < k_hi[:, None]
-                tl = jnp.where(valid, jnp.take_along_axis(t, jnp.minimum(idx, q - 1), axis=1), 0.0)
-                tw = tl[:, :, None] * w[:, None, :]
-                hot = ((idx[:, :, None] == nodes[None, None, :]) & valid[:, :, None]).astype(dtype)
-                out = []
-                if want_exp:
-                    v = jnp.sum(jnp.exp(-tw) * pb[None, None, :], axis=-1)
-                    out.append(acc[len(out)] + jnp.einsum("rl,rlq->rq", v, hot))
-                if want_m1:
-                    v = jnp.sum(jnp.expm1(-tw) * pb[None, None, :], axis=-1)
-                    out.append(acc[len(out)] + jnp.einsum("rl,rlq->rq", v, hot))
-                return tuple(out)
+    def more(i, acc):
+        return lax.cond(i * _WINDOW < span, lambda a: window(i, a), lambda a: a, acc)
 
-            return lax.cond(i * _WINDOW < span, run, lambda acc: acc, acc)
-
-        acc = tuple(x for x, want in ((add_e, want_exp), (add_m, want_m1)) if want)
-        acc = lax.fori_loop(0, rounds, window, acc)
-        return tuple(c + a for c, a in zip(carry, acc)), None
-
-    zeros = jnp.zeros((r, q), dtype)
-    init = (zeros, zeros) if mode == "both" else (zeros,)
-    sums, _ = lax.scan(block, init, (_blocks(log_wq, chunk), _blocks(p, chunk)))
-    return sums if mode == "both" else sums[0]
+    # The first window unconditionally (with points ordered by reward it is the only one).
+    acc = window(0, acc)
+    if rounds > 1:
+        acc = lax.fori_loop(1, rounds, more, acc)
+    return acc if mode == "both" else acc[0]
 
 
 def _laplace_growth(
@@ -333,6 +445,7 @@ def _laplace_growth(
     phi_mode: str | None = None,
     table: bool | None = None,
     windows: bool | None = None,
+    order: Int[Array, "r n"] | None = None,
 ) -> Float[Array, "r n"]:
     """Exact finite-K growth factor H(x) = E[K w(x) / (w(x) + sum_{j<K} w(y_j))], y_j ~ p.
 
@@ -379,11 +492,9 @@ def _laplace_growth(
         _support_max(s, p)[:, 0],
     )
     log_w = s - shift[:, None]
-    log_ew = jax.nn.logsumexp(log_w, b=p[None, :], axis=-1)  # log E_p[w], (r,)
-    # Points far above the support's maximum (only when the spread exceeds the node coverage)
-    # take the asymptotic expansion below; capping them keeps every product finite.
-    log_far = jnp.log(_ASYMPTOTIC_RATIO * k)
-    log_wq = jnp.minimum(log_w, log_far[:, None] + 1)
+    # With the spread within the nodes' coverage (checked above) the shift is the rewards'
+    # maximum, so log w <= 0 at every point: no point lies far above the support.
+    log_wq = log_w
 
     u = QUAD_U_MIN + QUAD_STEP * jnp.arange(num_nodes, dtype=dtype)
     log_t = -jnp.log(k)[:, None] + (u - jnp.exp(-u))[None, :]  # (r, Q)
@@ -431,10 +542,17 @@ def _laplace_growth(
             linear
             and jnp.finfo(dtype).bits == 64
             and n >= 2 * _WINDOW_POINTS
-            and num_nodes > 2 * _WINDOW
+            and num_nodes >= _WINDOW_MIN_NODES
         )
     if windows:
-        sums = _phi_windowed(log_wq, p, t, mode, _phi_cut(ks, num_nodes))
+        if order is None:
+            lw1, p1 = log_wq, p
+        else:
+            # The sums over the points do not depend on their order; sorted by reward, each
+            # block of points sees few nodes whatever the rewards' geometry.
+            lw1 = _permute_rows(log_wq, order)
+            p1 = p[order]
+        sums = _phi_windowed(lw1, p1, t, mode, _phi_cut(ks, num_nodes))
     else:
         sums, _ = lax.scan(pass1, init, (x_blocks, p_blocks))
     if mode == "direct":
@@ -452,6 +570,7 @@ def _laplace_growth(
         phi, phim1 = sums
         # log phi two ways: log1p of the expm1 sum where t E[w] < 1 (phi near 1), the log of
         # the direct sum elsewhere; either alone loses accuracy for peaked p or large K.
+        log_ew = jax.nn.logsumexp(log_w, b=p[None, :], axis=-1)  # log E_p[w], (r,)
         small = log_t + log_ew[:, None] < 0
         log_phi = jnp.where(
             small,
@@ -461,7 +580,9 @@ def _laplace_growth(
     a = c * jnp.exp((k[:, None] - 1) * log_phi)  # (r, Q)
 
     # Pass 2: H(x) = K sum_k a_k (t_k w(x)) e^{-t_k w(x)}.
-    if use_table:
+    if windows and order is not None and not use_table:
+        h = _growth_windowed(_permute_rows(log_wq, order), a, t, order)
+    elif use_table:
         top, cells = _table_cells(ks, num_nodes)
         log_tmax = log_t[:, -1]
         tab = _taylor_table(a, t, log_tmax, top, cells)
@@ -476,11 +597,7 @@ def _laplace_growth(
 
         h = jnp.moveaxis(lax.map(pass2, x_blocks), 0, -2).reshape(r, -1)[:, :n]
     h = k[:, None] * h
-    far = log_w >= log_far[:, None]
-    asym = k[:, None] * (
-        1 - (k[:, None] - 1) * jnp.exp(log_ew[:, None] - jnp.where(far, log_w, 0.0))
-    )
-    return jnp.where(far, asym, h)
+    return h
 
 
 def _grouped_growths(p: Array, problem: CurationProblem, mixed: bool) -> Array:
@@ -502,7 +619,11 @@ def _grouped_growths(p: Array, problem: CurationProblem, mixed: bool) -> Array:
     if groups.finite:
         idx = jnp.array(groups.finite)
         h = _laplace_growth(
-            s[idx], p, tuple(ks[i] for i in groups.finite), problem.quadrature_nodes
+            s[idx],
+            p,
+            tuple(ks[i] for i in groups.finite),
+            problem.quadrature_nodes,
+            order=problem.finite_order,
         )
         parts.append(alpha[idx] @ h if mixed else h)
     order = list(groups.infinite) + list(groups.one) + list(groups.finite)
