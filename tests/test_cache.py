@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from curax import _fixed_point, _maps, _nash, _stability, _stable_point
+from curax import _fixed_point, _maps, _nash, _sampling, _stability, _stable_point
 
 
 def _callbacks(jitted, *args, **kwargs) -> list[str]:
@@ -158,3 +158,17 @@ def test_throw_still_raises():
     assert ok.result == curax.RESULTS.successful
     assert float(ok.stats["fw_gap"]) <= 1e-10
     np.testing.assert_allclose(float(jnp.sum(ok.value)), 1.0, rtol=0, atol=1e-12)
+
+
+def test_sampling_kernels_have_no_host_callback_and_check_traced_p():
+    pr = _problems()["k3"]
+    key = jax.random.key(0)
+    assert _callbacks(_sampling._sample_round, key, pr.uniform(), pr, 10) == []
+    assert _callbacks(_sampling._simulate_histogram, key, pr, 2, 10, pr.uniform()) == []
+
+    @eqx.filter_jit
+    def draw(p):
+        return curax.sample_round(key, p, pr, 10)
+
+    with pytest.raises(Exception, match="`p` must sum to 1"):
+        draw(jnp.ones(41))
