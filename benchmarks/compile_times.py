@@ -321,6 +321,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--repeats", type=int, default=1, help="warm runs of `curax reproduce` (noisy machine)"
     )
     ap.add_argument(
+        "--no-off", action="store_true", help="skip the runs without a persistent cache"
+    )
+    ap.add_argument(
         "--eqx-nan",
         action="store_true",
         help="also time reproduce with EQX_ON_ERROR=nan: programs with runtime checks "
@@ -360,14 +363,16 @@ def main(argv: list[str] | None = None) -> dict:
             names = [n for n in _entry_points() if not args.only or re.search(args.only, n)]
             for name in names:
                 cache = str(Path(scratch) / re.sub(r"\W+", "_", name))
-                for mode, folder in (("cold", cache), ("warm", cache), ("off", None)):
+                modes = [("cold", cache), ("warm", cache)] + [("off", None)] * (not args.no_off)
+                for mode, folder in modes:
                     row = measure_entry(name, mode, folder)
                     report["entries"].append(row)
                     print(json.dumps(row), flush=True)
         if not args.no_reproduce:
             for quick in (True, False) if args.full else (True,):
                 cache = str(Path(scratch) / f"reproduce_{'quick' if quick else 'full'}")
-                modes = [("off", None), ("cold", cache)] + [("warm", cache)] * args.repeats
+                modes = [("off", None)] * (not args.no_off) + [("cold", cache)]
+                modes += [("warm", cache)] * args.repeats
                 for mode, folder in modes:
                     row = measure_reproduce(quick, mode, folder)
                     report["reproduce"].append(row)
