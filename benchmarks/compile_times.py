@@ -23,6 +23,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import json
+import logging
 import platform
 import re
 import resource
@@ -90,6 +91,29 @@ def _entry_points():
         p = curax.nash_solution(two, throw=False).value
         return block(curax.stability(p, two))
 
+    def growth_k(v):
+        _, finite = _problems(v)
+        return block(curax.growth(finite.uniform(), finite))
+
+    def potential(v):
+        two, _ = _problems(v)
+        return block(curax.potential(two.uniform(), two))
+
+    def fw_gap_k(v):
+        _, finite = _problems(v)
+        return block(curax.fw_gap(finite.uniform(), finite))
+
+    def mixing_fixed_point(v):
+        two, _ = _problems(v)
+        ref = curax.CurationProblem(
+            two.rewards, two.weights, reference=two.uniform(), reference_weight=0.2
+        )
+        return block(curax.mixing_fixed_point(ref, throw=False))
+
+    def sample_round(v):
+        _, finite = _problems(v)
+        return block(curax.sample_round(jax.random.key(v), finite.uniform(), finite, 1000))
+
     entries = {
         "curate (K = inf)": curate_inf,
         "curate (K = 4)": curate_k,
@@ -99,6 +123,11 @@ def _entry_points():
         "nash_solution": nash_solution,
         "nash_optimize": nash_optimize,
         "stability": stability,
+        "growth (K = 4)": growth_k,
+        "potential": potential,
+        "fw_gap (K = 4)": fw_gap_k,
+        "mixing_fixed_point": mixing_fixed_point,
+        "sample_round (K = 4)": sample_round,
     }
 
     def stable_point_inf(v):
@@ -134,6 +163,19 @@ def _child(name: str, cache: str | None) -> None:
         events[event] = events.get(event, 0.0) + duration
 
     jax.monitoring.register_event_duration_secs_listener(listen)
+    # Programs the persistent cache refuses to store: a host callback (`eqx.error_if`,
+    # `jax.debug.callback`) makes JAX skip the write, so they recompile in every process.
+    refused: list[str] = []
+
+    class _Refusals(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            if msg.startswith("Not writing persistent cache entry") and "callback" in msg:
+                refused.append(msg.split("'")[1] if "'" in msg else msg)
+
+    compiler_log = logging.getLogger("jax._src.compiler")
+    compiler_log.setLevel(logging.DEBUG)
+    compiler_log.addHandler(_Refusals())
     fn = _entry_points()[name]
     # Problem construction is not the entry point: build the problems once before timing.
     _problems(0), _problems(1)
@@ -149,7 +191,7 @@ def _child(name: str, cache: str | None) -> None:
         "lower_s": "/jax/core/compile/jaxpr_to_mlir_module_duration",
         "xla_compile_s": "/jax/core/compile/backend_compile_duration",
     }
-    row = {"import_s": t_import, "first_s": first, "second_s": second}
+    row = {"import_s": t_import, "first_s": first, "second_s": second, "uncached": refused}
     row |= {k: events.get(v, 0.0) for k, v in phases.items()}
     print(json.dumps(row))
 
@@ -194,12 +236,14 @@ def measure_reproduce(quick: bool, mode: str, cache: str | None, eqx_nan: bool =
         if cache is None:
             argv.append("--no-cache")
         env = _env(cache) | ({"EQX_ON_ERROR": "nan"} if eqx_nan else {})
+        load = _load()
         out, wall, cpu, code = _run_child(argv, env)
     row = {
         "what": f"curax reproduce{' --quick' if quick else ''}",
         "mode": mode + (", EQX_ON_ERROR=nan" if eqx_nan else ""),
         "process_wall_s": wall,
         "process_cpu_s": cpu,
+        "load_before": load,
     }
     if code not in (0, 3):
         row["error"] = out.strip().splitlines()[-1] if out.strip() else str(code)
@@ -234,30 +278,31 @@ def markdown(report: dict) -> str:
         "## Entry points (n = 401, m = 2)",
         "",
         "| entry point | mode | first call (s) | second call (s) | compile (s) | trace (s) | "
-        "lower (s) | XLA compile (s) | process CPU (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "lower (s) | XLA compile (s) | process CPU (s) | programs refused by the cache |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["entries"]:
         if "error" in r:
-            lines.append(f"| {r['what']} | {r['mode']} | error: {r['error']} | | | | | | |")
+            lines.append(f"| {r['what']} | {r['mode']} | error: {r['error']} | | | | | | | |")
             continue
         lines.append(
             f"| {r['what']} | {r['mode']} | {r['first_s']:.2f} | {r['second_s']:.3f} | "
             f"{r['compile_s']:.2f} | {r['trace_s']:.2f} | {r['lower_s']:.2f} | "
-            f"{r['xla_compile_s']:.2f} | {r['process_cpu_s']:.1f} |"
+            f"{r['xla_compile_s']:.2f} | {r['process_cpu_s']:.1f} | "
+            f"{', '.join(r.get('uncached', [])) or '-'} |"
         )
     lines += [
         "",
         "## `curax reproduce`",
         "",
-        "| command | mode | wall (s) | CPU (s) |",
-        "|---|---|---|---|",
+        "| command | mode | wall (s) | CPU (s) | load average before |",
+        "|---|---|---|---|---|",
     ]
     for r in report["reproduce"]:
         err = f" (error: {r['error']})" if "error" in r else ""
         lines.append(
             f"| `{r['what']}` | {r['mode']} | {r['process_wall_s']:.1f}{err} | "
-            f"{r['process_cpu_s']:.1f} |"
+            f"{r['process_cpu_s']:.1f} | {r.get('load_before', '')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -272,6 +317,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--only", default=None, help="regex on entry-point names")
     ap.add_argument("--no-reproduce", action="store_true", help="entry points only")
     ap.add_argument("--no-entries", action="store_true", help="`curax reproduce` only")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="warm runs of `curax reproduce` (noisy machine)"
+    )
+    ap.add_argument(
+        "--no-off", action="store_true", help="skip the runs without a persistent cache"
+    )
     ap.add_argument(
         "--eqx-nan",
         action="store_true",
@@ -312,14 +363,17 @@ def main(argv: list[str] | None = None) -> dict:
             names = [n for n in _entry_points() if not args.only or re.search(args.only, n)]
             for name in names:
                 cache = str(Path(scratch) / re.sub(r"\W+", "_", name))
-                for mode, folder in (("cold", cache), ("warm", cache), ("off", None)):
+                modes = [("cold", cache), ("warm", cache)] + [("off", None)] * (not args.no_off)
+                for mode, folder in modes:
                     row = measure_entry(name, mode, folder)
                     report["entries"].append(row)
                     print(json.dumps(row), flush=True)
         if not args.no_reproduce:
             for quick in (True, False) if args.full else (True,):
                 cache = str(Path(scratch) / f"reproduce_{'quick' if quick else 'full'}")
-                for mode, folder in (("off", None), ("cold", cache), ("warm", cache)):
+                modes = [("off", None)] * (not args.no_off) + [("cold", cache)]
+                modes += [("warm", cache)] * args.repeats
+                for mode, folder in modes:
                     row = measure_reproduce(quick, mode, folder)
                     report["reproduce"].append(row)
                     print(json.dumps(row), flush=True)

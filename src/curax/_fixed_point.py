@@ -17,8 +17,8 @@ import optimistix as optx
 from equinox.internal import ω
 from jaxtyping import Array, ArrayLike, PyTree
 
-from ._maps import AbstractReplicatorMap, CurationMap
-from ._problem import check_distribution, CurationProblem, simplex_tolerance
+from ._maps import AbstractReplicatorMap, CurationMap, unchecked_map
+from ._problem import check_input_distribution, CurationProblem, simplex_tolerance
 from ._solution import RESULTS, Solution, throw_if_failed
 from ._solver._base import AbstractGeneralSolver
 from ._solver._constraint import Simplex, Unconstrained
@@ -214,12 +214,15 @@ def fixed_point(
         if not jnp.issubdtype(y0.dtype, jnp.floating):
             y0 = y0.astype(jnp.result_type(float))
         y0 = _match_dtypes(fn, y0, args, has_aux)
-        # Checked here, outside `jit`, so that a concrete bad `y0` is a ValueError.
-        y0 = check_distribution(y0, y0.shape[0], "y0", y0.dtype)
+        # Checked here, outside `jit`, so that a concrete bad `y0` is a ValueError and the
+        # jitted solve iterates an unchecked map (no host callback: cacheable). A
+        # `CurationMap(checked=False)` means the caller has validated `y0`.
+        if not (isinstance(fn, CurationMap) and not fn.checked):
+            y0 = check_input_distribution(y0, y0.shape[0], "y0", y0.dtype)
     else:
         y0 = jtu.tree_map(_inexact, y0)
         y0 = _match_dtypes(fn, y0, args, has_aux)
-    return _fixed_point(
+    out = _fixed_point(
         fn,
         solver,
         y0,
@@ -228,10 +231,12 @@ def fixed_point(
         has_aux=has_aux,
         max_steps=max_steps,
         adjoint=adjoint,
-        throw=throw,
         gap_tol=gap_tol,
         tags=tags,
     )
+    # Outside the `jit`: an `eqx.error_if` inside it would keep the compiled solve out of the
+    # persistent cache (inside the user's own `jit` it is part of their program, as before).
+    return throw_if_failed(out, throw)
 
 
 def _inexact(x: ArrayLike) -> Array:
@@ -252,13 +257,14 @@ def _fixed_point(
     has_aux: bool,
     max_steps: int | None,
     adjoint: optx.AbstractAdjoint,
-    throw: bool,
     gap_tol: float | None,
     tags: frozenset[object],
 ) -> Solution:
     simplex = _on_simplex(fn, solver)
     if simplex:
         y0 = to_simplex(y0)
+    # `y0` was validated before the `jit`; the iterates need no checks.
+    fn = unchecked_map(fn)
     options = {} if options is None else dict(options)
     solver, options = _resolve(fn, solver, args, options)
     solver = _with_simplex(fn, solver)
@@ -329,5 +335,4 @@ def _fixed_point(
         )
     # Arrays only (Solution's annotation); `max_steps=None` (unbounded) is reported as -1.
     stats = {k: jnp.asarray(-1 if v is None else v) for k, v in stats.items()}
-    out = Solution(value=sol.value, result=result, aux=sol.aux, stats=stats, state=sol.state)
-    return throw_if_failed(out, throw)
+    return Solution(value=sol.value, result=result, aux=sol.aux, stats=stats, state=sol.state)

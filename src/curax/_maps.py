@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from ._problem import (
-    check_concrete_distribution,
+    check_input_distribution,
     CurationProblem,
     normalised_distribution,
     QUAD_STEP,
@@ -69,11 +69,19 @@ def prepare_distribution(p: Array, problem: CurationProblem) -> Array:
     return normalised_distribution(p, problem.size, "p", problem.rewards.dtype)
 
 
-def _check_p(p: Any, problem: Any) -> None:
-    # A concrete bad `p` is a ValueError before `jit`; a traced one meets the same checks as
-    # `eqx.error_if` inside it.
+def _simplex(p: Array, problem: CurationProblem, name: str = "p") -> Array:
+    """[`prepare_distribution`][] without the checks, inside the jitted kernels: the public
+    functions validate `p` before their `jit` (`_check_p`), so the kernels carry no host
+    callback and their compiled programs can be persistently cached."""
+    return normalised_distribution(p, problem.size, name, problem.rewards.dtype, checked=False)
+
+
+def _check_p(p: Any, problem: Any, name: str = "p") -> Any:
+    # A concrete bad `p` is a ValueError before `jit`; a traced one (the user's `jit` or
+    # `vmap`) meets the same checks as `eqx.error_if`, in the user's program.
     if isinstance(problem, CurationProblem):
-        check_concrete_distribution(p, problem.size, "p", problem.rewards.dtype)
+        return check_input_distribution(p, problem.size, name, problem.rewards.dtype)
+    return p
 
 
 def _support_max(s: Array, p: Array) -> Array:
@@ -446,6 +454,7 @@ def _laplace_growth(
     table: bool | None = None,
     windows: bool | None = None,
     order: Int[Array, "r n"] | None = None,
+    check_spread: bool = True,
 ) -> Float[Array, "r n"]:
     """Exact finite-K growth factor H(x) = E[K w(x) / (w(x) + sum_{j<K} w(y_j))], y_j ~ p.
 
@@ -461,7 +470,8 @@ def _laplace_growth(
     relative, every node's term being positive), nodes with t_k w_c > 45 dropped (a_k does
     not increase with k and a node with t_j w in [e^-0.39, 1] exists, so they add < 2e-17
     relative). The points then cost a gather and a Horner sum each instead of Q exponentials.
-    `phi_mode`, `table` and `windows` override the static choices (tests).
+    `phi_mode`, `table` and `windows` override the static choices (tests). `check_spread=False`
+    drops the run-time check of the spread (already checked at construction).
     """
     dtype = s.dtype
     r, n = s.shape
@@ -469,14 +479,15 @@ def _laplace_growth(
     spread = jnp.max(s, axis=-1) - jnp.min(s, axis=-1)
     covered = spread_for_nodes(num_nodes)
     # The checks hang on the small `k`: an error_if on the (r, n) rewards would copy them.
-    k = eqx.error_if(
-        k,
-        jnp.any(spread > covered + 1e-9),
-        f"The scaled rewards span more nats than the finite-K quadrature covers "
-        f"({covered:.1f} nats with quadrature_nodes={num_nodes}); pass "
-        f"`quadrature_nodes=curax.nodes_for_spread(spread)` to `CurationProblem`.",
-    )
-    if jnp.finfo(dtype).bits < 64:
+    if check_spread:
+        k = eqx.error_if(
+            k,
+            jnp.any(spread > covered + 1e-9),
+            f"The scaled rewards span more nats than the finite-K quadrature covers "
+            f"({covered:.1f} nats with quadrature_nodes={num_nodes}); pass "
+            f"`quadrature_nodes=curax.nodes_for_spread(spread)` to `CurationProblem`.",
+        )
+    if check_spread and jnp.finfo(dtype).bits < 64:
         k = eqx.error_if(
             k,
             jnp.any(spread > 80.0),
@@ -624,6 +635,7 @@ def _grouped_growths(p: Array, problem: CurationProblem, mixed: bool) -> Array:
             tuple(ks[i] for i in groups.finite),
             problem.quadrature_nodes,
             order=problem.finite_order,
+            check_spread=not problem.spread_checked,
         )
         parts.append(alpha[idx] @ h if mixed else h)
     order = list(groups.infinite) + list(groups.one) + list(groups.finite)
@@ -649,12 +661,12 @@ def mixed_growth(p: Float[Array, " n"], problem: CurationProblem) -> Float[Array
 
 @eqx.filter_jit
 def _growth(p: Array, problem: CurationProblem) -> Array:
-    return mixed_growth(prepare_distribution(p, problem), problem)
+    return mixed_growth(_simplex(p, problem), problem)
 
 
 @eqx.filter_jit
 def _curate(p: Array, problem: CurationProblem) -> Array:
-    return _curate_unchecked(prepare_distribution(p, problem), problem)
+    return _curate_unchecked(_simplex(p, problem), problem)
 
 
 def _curate_unchecked(p: Array, problem: CurationProblem) -> Array:
@@ -685,14 +697,26 @@ class AbstractReplicatorMap(eqx.Module):
 
 class CurationMap(AbstractReplicatorMap):
     """One retraining round of a [`curax.CurationProblem`][]; the object behind
-    [`curax.curate`][]. Call it as `curax.curate(p, problem)`."""
+    [`curax.curate`][]. Call it as `curax.curate(p, problem)`.
+
+    **Attributes:**
+
+    - `checked`: static bool, whether `p` is validated (default `True`): a concrete bad `p`
+        is a `ValueError`, a traced one an `eqx.error_if` (NaN under `EQX_ON_ERROR=nan`).
+        curax's own solvers validate their start and then iterate `CurationMap(checked=False)`:
+        their iterates stay on the simplex, and a program without `eqx.error_if` (a host
+        callback) can be kept in JAX's persistent compilation cache.
+    """
+
+    checked: bool = eqx.field(default=True, static=True)
 
     def growth(self, p: Float[ArrayLike, " n"], args: CurationProblem) -> Float[Array, " n"]:
         """Growth factor `G(p) = sum_i alpha_i G_i(p)` of the curation step (before mixing in
         reference data), shape `(n,)`: the curated distribution is `p * G(p)`. At a stable
         fixed point without reference data, `G <= 1` everywhere with equality on the support.
         """
-        _check_p(p, args)
+        if self.checked:
+            p = _check_p(p, args)
         return _growth(p, args)
 
     def __call__(self, p: Float[ArrayLike, " n"], args: CurationProblem) -> Float[Array, " n"]:
@@ -719,8 +743,18 @@ class CurationMap(AbstractReplicatorMap):
             p1 = curax.curate(problem.uniform(), problem)
             ```
         """
-        _check_p(p, args)
+        if self.checked:
+            p = _check_p(p, args)
         return _curate(p, args)
+
+
+def unchecked_map(fn: Any) -> Any:
+    """`fn` itself, or for a checked [`curax.CurationMap`][] the one that does not validate
+    `p`: for curax's solvers, which validate the user's start once, before their `jit`, and
+    then iterate on points they keep on the simplex."""
+    if isinstance(fn, CurationMap) and fn.checked:
+        return CurationMap(checked=False)
+    return fn
 
 
 class ReplicatorMap(AbstractReplicatorMap):
@@ -774,7 +808,7 @@ def growth(p: Float[ArrayLike, " n"], problem: CurationProblem) -> Float[Array, 
         g = curax.growth(problem.uniform(), problem)
         ```
     """
-    _check_p(p, problem)
+    p = _check_p(p, problem)
     return _growth(p, problem)
 
 
@@ -801,14 +835,13 @@ def trajectory(
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"`rounds` must be a non-negative int, got {rounds!r}.")
-    if isinstance(problem, CurationProblem):
-        check_concrete_distribution(p0, problem.size, "p0", problem.rewards.dtype)
+    p0 = _check_p(p0, problem, "p0")
     return _trajectory(p0, problem, rounds)
 
 
 @eqx.filter_jit
 def _trajectory(p0: Array, problem: CurationProblem, rounds: int) -> Array:
-    p0 = normalised_distribution(p0, problem.size, "p0", problem.rewards.dtype)
+    p0 = _simplex(p0, problem, "p0")
 
     def body(p, _):
         # Rounds after the first need no validation: the map keeps p on the simplex. The
@@ -838,13 +871,13 @@ def expected_exp_rewards(p: Float[ArrayLike, " n"], problem: CurationProblem) ->
         log_u = curax.expected_exp_rewards(problem.uniform(), problem)
         ```
     """
-    _check_p(p, problem)
+    p = _check_p(p, problem)
     return _expected_exp_rewards(p, problem)
 
 
 @eqx.filter_jit
 def _expected_exp_rewards(p: Array, problem: CurationProblem) -> Array:
-    p = prepare_distribution(p, problem)
+    p = _simplex(p, problem)
     return jax.nn.logsumexp(problem.scaled_rewards, b=p[None, :], axis=-1)
 
 
@@ -870,7 +903,7 @@ def potential(p: Float[ArrayLike, " n"], problem: CurationProblem) -> Float[Arra
         phi = curax.potential(problem.uniform(), problem)
         ```
     """
-    _check_p(p, problem)
+    p = _check_p(p, problem)
     return _potential(p, problem)
 
 
@@ -904,7 +937,7 @@ def fw_gap(p: Float[ArrayLike, " n"], problem: CurationProblem) -> Float[Array, 
         gap = curax.fw_gap(problem.uniform(), problem)
         ```
     """
-    _check_p(p, problem)
+    p = _check_p(p, problem)
     return _fw_gap(p, problem)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._nash_solver import solve_nash
@@ -20,6 +21,7 @@ from ._problem import (
     check_probability_vector,
     check_value,
     CurationProblem,
+    is_concrete,
     simplex_tolerance,
 )
 from ._solution import RESULTS, Solution, throw_if_failed
@@ -396,6 +398,13 @@ def nash_solution(
     )
     # The jitted core sees arrays only (not the problem's static labels), so problems that
     # differ only in `utility` or `infinite_k_limit` share one compilation.
+    check_sign = problem.utility != "exp"
+    # Concrete inputs are checked here (a ValueError); only traced ones need the checks
+    # inside the `jit`, whose `eqx.error_if` would keep the program out of the persistent
+    # compilation cache.
+    validated = is_concrete(problem.disagreement, problem.utilities if check_sign else None)
+    if validated:
+        _check_solvable(problem.utilities, problem.weights, problem.disagreement, check_sign)
     out = _nash_solution_core(
         problem.utilities,
         problem.weights,
@@ -408,7 +417,8 @@ def nash_solution(
         tol=tol,
         max_passes=max_passes,
         multilevel=bool(multilevel),
-        check_sign=problem.utility != "exp",
+        check_sign=check_sign,
+        validated=validated,
     )
     return _finish(out, max_passes, problem.infinite_k_limit, throw)
 
@@ -482,8 +492,37 @@ def _nash_from_curation(
         max_passes=max_passes,
         multilevel=bool(multilevel),
         check_sign=False,
+        # Disagreement point 0 and positive utilities by construction: nothing to check.
+        validated=True,
     )
     return _finish(out, max_passes, False, throw)
+
+
+_NONZERO_DISAGREEMENT = (
+    "`nash_solution` solves disagreement point 0; use `curax.nash_optimize` for another "
+    "disagreement point."
+)
+_NEGATIVE_UTILITIES = (
+    "`nash_solution` needs non-negative utilities (log u must be defined); shift linear "
+    "rewards or use `curax.nash_optimize`."
+)
+
+
+def _check_solvable(e: Array, alpha: Array, disagreement: Array, check_sign: bool) -> Array:
+    """What `nash_solution` needs of its utilities: a `ValueError` when the inputs checked are
+    concrete (numpy, no JAX program), else `eqx.error_if`s attached to the small `alpha`,
+    which every pass uses (an `error_if` on `E` itself would copy the whole matrix)."""
+    if is_concrete(disagreement, e if check_sign else None):
+        if np.any(np.asarray(disagreement) != 0):
+            raise ValueError(_NONZERO_DISAGREEMENT)
+        # (Skipped for exp utilities, positive by construction: this check is a read of E.)
+        if check_sign and np.any(np.asarray(e) < 0):
+            raise ValueError(_NEGATIVE_UTILITIES)
+        return alpha
+    alpha = check_value(alpha, jnp.any(disagreement != 0), _NONZERO_DISAGREEMENT)
+    if check_sign:
+        alpha = check_value(alpha, jnp.any(e < 0), _NEGATIVE_UTILITIES)
+    return alpha
 
 
 @eqx.filter_jit
@@ -501,24 +540,11 @@ def _nash_solution_core(
     max_passes: int,
     multilevel: bool,
     check_sign: bool,
+    validated: bool,
 ):
     utilities = e
-    # Checks are attached to the small `alpha`, which every pass uses: an `error_if` on `E`
-    # itself would copy the whole matrix.
-    alpha = check_value(
-        alpha,
-        jnp.any(disagreement != 0),
-        "`nash_solution` solves disagreement point 0; use `curax.nash_optimize` for another "
-        "disagreement point.",
-    )
-    if check_sign:
-        # (Skipped for exp utilities, positive by construction: this check is a read of E.)
-        alpha = check_value(
-            alpha,
-            jnp.any(e < 0),
-            "`nash_solution` needs non-negative utilities (log u must be defined); shift "
-            "linear rewards or use `curax.nash_optimize`.",
-        )
+    if not validated:
+        alpha = _check_solvable(e, alpha, disagreement, check_sign)
     if family is not None:
         e = e @ family.T
         anchors = jnp.argmax(e, axis=1)
@@ -622,7 +648,6 @@ def _nash_gap(problem: BargainingProblem, mat: Array, a: Array) -> tuple[Array, 
     return jnp.max(g) - a @ g, u, g
 
 
-@eqx.filter_jit
 def nash_optimize(
     problem: BargainingProblem | CurationProblem,
     optimizer=None,
@@ -679,10 +704,28 @@ def nash_optimize(
         sol.stats["mixture_weights"]  # (0.3, 0.7): a* = q
         ```
     """
-    import optax
-
+    # Converted and checked before the `jit` (a concrete bad input is a ValueError), and
+    # `throw` applied after it: the compiled solve then has no host callback and can be
+    # persistently cached.
     if isinstance(problem, CurationProblem):
         problem = BargainingProblem.from_curation(problem)
+    out = _nash_optimize(
+        problem, optimizer, parametrisation=parametrisation, max_steps=max_steps, tol=tol
+    )
+    return throw_if_failed(out, throw)
+
+
+@eqx.filter_jit
+def _nash_optimize(
+    problem: BargainingProblem,
+    optimizer: Any,
+    *,
+    parametrisation: str,
+    max_steps: int,
+    tol: float | None,
+) -> Solution:
+    import optax
+
     if parametrisation not in ("square", "softmax"):
         raise ValueError(
             f"`parametrisation` must be 'square' or 'softmax', got {parametrisation!r}."
@@ -766,8 +809,7 @@ def nash_optimize(
     }
     if problem.family is not None:
         stats["mixture_weights"] = a
-    sol = Solution(value=p, result=result, aux=None, stats=stats, state=None)
-    return throw_if_failed(sol, throw)
+    return Solution(value=p, result=result, aux=None, stats=stats, state=None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -775,7 +817,6 @@ def nash_optimize(
 # ------------------------------------------------------------------------------------------
 
 
-@eqx.filter_jit
 def mixing_fixed_point(
     problem: CurationProblem,
     *,
@@ -835,15 +876,31 @@ def mixing_fixed_point(
         )
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    # Checked before the `jit` and thrown after it: the compiled solve then carries no host
+    # callback and can be persistently cached.
+    out = _mixing_fixed_point(checked_reference_weight(problem), tol=tol, max_steps=max_steps)
+    return throw_if_failed(out, throw)
+
+
+def checked_reference_weight(problem: CurationProblem) -> CurationProblem:
+    """`problem`, its `reference_weight` checked to be > 0 (what the mixing fixed point needs):
+    a `ValueError` when it is concrete, else an `eqx.error_if` in the caller's program."""
+    rw = problem.reference_weight
+    checked = check_value(
+        rw, rw <= 0, "`mixing_fixed_point` needs `reference_weight > 0` (the real-data fraction)."
+    )
+    if checked is rw:
+        return problem
+    return eqx.tree_at(lambda pr: pr.reference_weight, problem, checked)
+
+
+@eqx.filter_jit
+def _mixing_fixed_point(problem: CurationProblem, *, tol: float | None, max_steps: int) -> Solution:
     s = problem.scaled_rewards
     dtype = s.dtype
     if tol is None:
         tol = 1e-12 if jnp.finfo(dtype).bits == 64 else 1e-5
-    rw = check_value(
-        problem.reference_weight,
-        problem.reference_weight <= 0,
-        "`mixing_fixed_point` needs `reference_weight > 0` (the real-data fraction).",
-    )
+    rw = problem.reference_weight
     e = jnp.exp(s - jnp.max(s, axis=1, keepdims=True))
     pref = problem.reference
     alpha = problem.weights
@@ -974,8 +1031,7 @@ def mixing_fixed_point(
         "max_growth_off_reference": off,
         "infinite_k_limit": jnp.array(any(k is not None for k in problem.ks)),
     }
-    sol = Solution(value=p, result=result, aux=None, stats=stats, state=None)
-    return throw_if_failed(sol, throw)
+    return Solution(value=p, result=result, aux=None, stats=stats, state=None)
 
 
 # Newton steps of the root-based polish of the mixing fixed point.

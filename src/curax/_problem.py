@@ -233,10 +233,33 @@ def check_concrete_distribution(p: Any, n: int, name: str = "p", dtype: Any = No
             raise ValueError(msg)
 
 
-def normalised_distribution(p: ArrayLike, n: int, name: str = "p", dtype: Any = None) -> Array:
+def check_input_distribution(p: Any, n: int, name: str = "p", dtype: Any = None) -> Any:
+    """Validate a user's distribution where it enters a public entry point, outside the
+    entry point's `jit`: a concrete bad `p` is a `ValueError` now (checked with numpy, no JAX
+    program), a traced one (the user's own `jit` or `vmap`) gets the checks of
+    [`check_distribution`][] as `eqx.error_if` in the user's program. Returns `p` (concrete:
+    unchanged; traced: through the checks).
+
+    The jitted kernels behind the entry points then carry no runtime checks of their own:
+    `eqx.error_if` is a host callback, and JAX never writes a program with a host callback to
+    its persistent compilation cache, so a checked kernel would recompile in every process."""
+    if is_concrete(p):
+        check_concrete_distribution(p, n, name, dtype)
+        return p
+    return check_distribution(p, n, name, dtype)
+
+
+def normalised_distribution(
+    p: ArrayLike, n: int, name: str = "p", dtype: Any = None, *, checked: bool = True
+) -> Array:
     """[`check_distribution`][], then put `p` exactly on the simplex (clip rounding-level
-    negatives, renormalise). The checks hang on the scalar mass, so `p` is not copied."""
+    negatives, renormalise). The checks hang on the scalar mass, so `p` is not copied.
+    `checked=False` skips the checks (for a `p` already validated by
+    [`check_input_distribution`][]); the shape is checked either way."""
     p = _distribution_shape(p, n, name, dtype)
+    if not checked:
+        p = jnp.clip(p, 0.0)
+        return p / jnp.sum(p)
     preds, msgs = _distribution_checks(p, name)
     p = jnp.clip(p, 0.0)
     return p / _check_branches(jnp.sum(p), preds, msgs)
@@ -330,6 +353,11 @@ class CurationProblem(eqx.Module):
         rewards and skips most quadrature nodes even when the rewards have no geometry. Any
         order gives the same map (it is only faster sorted); `None` when the rewards were not
         concrete at construction.
+    - `spread_checked`: static bool: whether the rewards were concrete at construction and
+        the quadrature covers the spread of every finite-K row (always `True` without finite
+        K). Then the finite-K map needs no runtime check of the spread (a host callback,
+        which would keep its compiled program out of JAX's persistent cache); otherwise it
+        checks when it runs.
 
     !!! Example
 
@@ -354,6 +382,7 @@ class CurationProblem(eqx.Module):
     k: int | None | tuple[int | None, ...] = eqx.field(static=True)
     quadrature_nodes: int = eqx.field(static=True)
     narrow: bool | None = eqx.field(static=True)
+    spread_checked: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -459,6 +488,12 @@ class CurationProblem(eqx.Module):
         self.finite_order = finite_order
         self.quadrature_nodes = quadrature_nodes
         self.narrow = None if spreads is None else bool(np.max(spreads) <= safe_spread(dtype))
+        # Construction refused a float32 spread over 80 nats and sized the default node count
+        # to the spread; an explicit node count may still fall short (checked at run time).
+        self.spread_checked = not finite or (
+            spreads is not None
+            and float(np.max(spreads[finite])) <= spread_for_nodes(quadrature_nodes) + 1e-9
+        )
 
     @property
     def num_rewards(self) -> int:
@@ -496,7 +531,9 @@ class CurationProblem(eqx.Module):
         """The same problem with `fn` applied to every array indexed by the support
         (`rewards`, `reference`, the cached `tilt_weights`) along its last axis: restrict to
         a subset of points (`lambda a: a[..., idx]`) or reshard across devices. Nothing is
-        re-validated or recomputed; `fn` must keep the last axis a support axis."""
+        re-validated or recomputed; `fn` must keep the last axis a support axis and only select
+        or move points, not change values (the construction-time checks, e.g. that the
+        finite-K quadrature covers the rewards' spread, are kept)."""
         problem = eqx.tree_at(lambda pr: pr.rewards, self, fn(self.rewards))
         if self.reference is not None:
             problem = eqx.tree_at(lambda pr: pr.reference, problem, fn(self.reference))

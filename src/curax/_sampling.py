@@ -30,8 +30,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from ._maps import prepare_distribution, trajectory
-from ._problem import check_concrete_distribution, CurationProblem
+from ._maps import _simplex, prepare_distribution, trajectory
+from ._problem import check_input_distribution, CurationProblem
 
 
 def _finite_ks(ks: Sequence[int | None], name: str = "problem.k") -> tuple[int, ...]:
@@ -114,14 +114,15 @@ def sample_round(
     _finite_ks(problem.ks)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
-    # A concrete bad `p` is a ValueError here; a traced one meets eqx.error_if inside jit.
-    check_concrete_distribution(p, problem.size, "p", problem.rewards.dtype)
+    # A concrete bad `p` is a ValueError here; a traced one meets eqx.error_if, in the
+    # caller's program: the jitted kernel has no host callback, so it can be cached.
+    p = check_input_distribution(p, problem.size, "p", problem.rewards.dtype)
     return _sample_round(key, p, problem, num_samples)
 
 
 @eqx.filter_jit
 def _sample_round(key: PRNGKeyArray, p: Array, problem: CurationProblem, num_samples: int) -> Array:
-    p = prepare_distribution(p, problem)
+    p = _simplex(p, problem)
     return _kept_histogram(key, p, problem, num_samples, jnp.array(num_samples))
 
 
@@ -175,7 +176,7 @@ def simulate_histogram(
         raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
     _finite_ks(problem.ks)
     if p0 is not None:
-        check_concrete_distribution(p0, problem.size, "p0", problem.rewards.dtype)
+        p0 = check_input_distribution(p0, problem.size, "p0", problem.rewards.dtype)
     return _simulate_histogram(key, problem, rounds, num_samples, p0)
 
 
@@ -183,7 +184,7 @@ def simulate_histogram(
 def _simulate_histogram(
     key: PRNGKeyArray, problem: CurationProblem, rounds: int, num_samples: int, p0: Any
 ) -> Array:
-    p0 = problem.uniform() if p0 is None else prepare_distribution(p0, problem)
+    p0 = problem.uniform() if p0 is None else _simplex(p0, problem, "p0")
     return _histogram_run(key, problem, rounds, num_samples, jnp.array(num_samples), p0)
 
 

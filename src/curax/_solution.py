@@ -1,6 +1,8 @@
 from typing import Any, Generic
 
 import equinox as eqx
+import jax
+import numpy as np
 import optimistix as optx
 from jaxtyping import Array, PyTree
 
@@ -55,7 +57,16 @@ class Solution(eqx.Module, Generic[Y, Aux]):
 
 
 def throw_if_failed(sol: Solution, throw: bool) -> Solution:
-    """The one place where a failed result becomes an exception (`throw=True`)."""
-    if throw:
-        return sol.result.error_if(sol, sol.result != RESULTS.successful)
-    return sol
+    """The one place where a failed result becomes an exception (`throw=True`).
+
+    Entry points call it after their `jit`, so that the compiled solve has no `eqx.error_if`
+    (a host callback, which keeps a program out of JAX's persistent compilation cache). A
+    concrete result is decided on the host: nothing is compiled when it succeeded, and a
+    failure goes through the same `error_if` as a traced one (same exception and message;
+    NaN under `EQX_ON_ERROR=nan`)."""
+    if not throw:
+        return sol
+    failed = sol.result != RESULTS.successful
+    if not isinstance(failed, jax.core.Tracer) and not np.any(np.asarray(failed)):
+        return sol
+    return sol.result.error_if(sol, failed)

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Complex, Float, Int
 
-from ._maps import AbstractReplicatorMap, curate, CurationMap
-from ._problem import check_distribution, CurationProblem
+from ._maps import AbstractReplicatorMap, curate, CurationMap, unchecked_map
+from ._problem import check_input_distribution, CurationProblem
 from ._solver._misc import to_simplex
 
 
@@ -86,6 +86,9 @@ def _arnoldi_ritz(matvec, v0: Array, k: int) -> Array:
 
 @eqx.filter_jit
 def _stability(p, problem, fn, support_tol, tol, krylov_dim):
+    # `p` was validated before the `jit`; the map's own checks on the points it is
+    # linearised at would only add host callbacks (no persistent caching).
+    fn = unchecked_map(fn)
     n = p.shape[0]
     dtype = p.dtype
     support = p > support_tol
@@ -182,5 +185,5 @@ def stability(
         raise ValueError(f"`p` must be a distribution of shape (n,), got shape {p.shape}.")
     if not jnp.issubdtype(p.dtype, jnp.floating):
         p = p.astype(jnp.result_type(float))
-    p = to_simplex(check_distribution(p, p.shape[0], "p", p.dtype))
+    p = to_simplex(check_input_distribution(p, p.shape[0], "p", p.dtype))
     return _stability(p, problem, fn, support_tol, tol, krylov_dim)

@@ -9,13 +9,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._fixed_point import fixed_point
-from ._maps import curate, mixed_growth
-from ._nash import mixing_fixed_point, nash_solution
+from ._maps import CurationMap, mixed_growth
+from ._nash import _mixing_fixed_point, checked_reference_weight, nash_solution
 from ._problem import check_distribution, CurationProblem, is_concrete, simplex_tolerance
 from ._solution import RESULTS, Solution, throw_if_failed
 from ._solver import ActiveSetNewton, NewtonKrylov, SQUAREM
 from ._solver._misc import to_simplex
-from ._stability import stability
+from ._stability import _stability
 
 
 Method = Literal["nash_solution", "mixing_fixed_point", "active_set_newton", "squarem_newton"]
@@ -27,6 +27,9 @@ _DYNAMICS_PER_STEP = 16
 _KRYLOV_DIM = 32
 # Support points (the heaviest) on which the Jacobian's spectral radius is computed densely.
 _RADIUS_SLOTS = 64
+# The map the solvers iterate: `p0` is validated before the `jit`, and the iterates stay on
+# the simplex, so no `eqx.error_if` (a host callback, never persistently cached) is needed.
+_CURATE = CurationMap(checked=False)
 
 
 def _has_reference(problem: CurationProblem) -> bool:
@@ -198,15 +201,18 @@ def stable_point(
         p0 = check_distribution(p0, n, "p0", dtype)
     if grid_shape is not None:
         grid_shape = tuple(int(g) for g in grid_shape)
-    return _stable_point(
+    if method == "mixing_fixed_point":
+        problem = checked_reference_weight(problem)
+    out = _stable_point(
         problem,
         p0,
         method=method,
         tol=float(tol),
         max_steps=max_steps,
-        throw=throw,
         grid_shape=grid_shape,
     )
+    # After the `jit`, so that the compiled solve carries no host callback (cacheable).
+    return throw_if_failed(out, throw)
 
 
 def _support_radius(p: Array, problem: CurationProblem) -> Array:
@@ -278,7 +284,8 @@ def _certify(p: Array, problem: CurationProblem, method: Method, tol: float) -> 
         cert = _mixing_certificate(p, problem, None)
         ok = cert["error_bound"] <= tol
     else:
-        rho = stability(p, problem, krylov_dim=min(_KRYLOV_DIM, problem.size)).radius
+        krylov_dim = min(_KRYLOV_DIM, problem.size)
+        rho = _stability(p, problem, _CURATE, 1e-10, 1e-9, krylov_dim).radius
         cert = _mixing_certificate(p, problem, rho)
         ok = cert["error_bound"] <= tol
     tol_simplex = simplex_tolerance(p.dtype)
@@ -311,7 +318,7 @@ def _finite_k(problem, p0, tol, max_steps, method: Method):
 
     def dynamics(_):
         dyn = fixed_point(
-            curate,
+            _CURATE,
             SQUAREM(rtol=tol, atol=tol),
             p0,
             problem,
@@ -322,7 +329,7 @@ def _finite_k(problem, p0, tol, max_steps, method: Method):
 
     def attempt(i):
         start, evals = lax.cond(i == 0, lambda _: (p0, jnp.array(0)), dynamics, None)
-        sol = fixed_point(curate, newton, start, problem, max_steps=max_steps, throw=False)
+        sol = fixed_point(_CURATE, newton, start, problem, max_steps=max_steps, throw=False)
         p = to_simplex(lax.stop_gradient(sol.value))
         cert, ok, finite = _certify(p, problem, method, tol)
         return (
@@ -359,7 +366,6 @@ def _stable_point(
     method: Method,
     tol: float,
     max_steps: int,
-    throw: bool,
     grid_shape: tuple[int, ...] | None,
 ) -> Solution:
     fallback_used = jnp.array(False)
@@ -372,7 +378,7 @@ def _stable_point(
         evals = sol.stats["num_passes"]
         steps = sol.stats["num_steps"]
     elif method == "mixing_fixed_point":
-        sol = mixing_fixed_point(problem, tol=0.1 * tol, max_steps=max_steps, throw=False)
+        sol = _mixing_fixed_point(problem, tol=0.1 * tol, max_steps=max_steps)
         p = to_simplex(sol.value)
         first = sol.result
         evals = sol.stats["num_map_evals"]
@@ -399,5 +405,4 @@ def _stable_point(
         "fallback_used": fallback_used,
     }
     stats = {k: jnp.asarray(v) for k, v in stats.items()}
-    out = Solution(value=p, result=result, aux=None, stats=stats, state=None)
-    return throw_if_failed(out, throw)
+    return Solution(value=p, result=result, aux=None, stats=stats, state=None)

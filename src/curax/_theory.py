@@ -36,7 +36,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
-from ._maps import curate, growth, potential, trajectory
+from ._maps import _potential, _trajectory, curate, growth, potential, trajectory
 from ._problem import CurationProblem
 from ._stability import stability
 
@@ -518,7 +518,9 @@ def check_monotonicity(
         "single_reward_or_k_inf": single or _all_k_inf(problem),
     }
     ps = trajectory(p0, problem, rounds)
-    phi = np.asarray(jax.vmap(lambda p: potential(p, problem))(ps))
+    # The rows are the map's own outputs: the unchecked kernel (a `vmap` of the public
+    # function would trace its checks into an `eqx.error_if` program, never cached).
+    phi = np.asarray(jax.vmap(lambda p: _potential(p, problem))(ps))
     drops = phi[:-1] - phi[1:]
     worst = float(drops.max()) if drops.size else 0.0
     tol = rtol * max(1.0, float(np.abs(phi).max()))
@@ -1077,7 +1079,8 @@ def check_real_data_stability(
     }
     starts = jr.dirichlet(key, jnp.ones((n,), dtype), (num_starts,)).astype(dtype)
     starts = jnp.concatenate([problem.uniform()[None], starts / starts.sum(1, keepdims=True)])
-    runs = np.asarray(jax.vmap(lambda p: trajectory(p, problem, rounds))(starts))
+    # Dirichlet draws, renormalised: on the simplex, so the unchecked kernel (see above).
+    runs = np.asarray(jax.vmap(lambda p: _trajectory(p, problem, rounds))(starts))
     limits = runs[:, -1]
     spread = float(np.max(np.abs(limits[:, None] - limits[None]).sum(-1)))
     # Empirical contraction rate: geometric fit of the L1 step sizes from the uniform start.
