@@ -442,14 +442,6 @@ class CurationProblem(eqx.Module):
                 rewards / (temperature[:, None] if temperature.ndim else temperature)
             )
             spreads = np.ptp(scaled, axis=1)
-        finite_order = None
-        if finite and spreads is not None:
-            # A radix sort of 16-bit bin indices: O(n), unlike a float argsort; blocks of
-            # consecutive points then span ~0.05 nats each.
-            top = np.max(scaled[finite], axis=1, keepdims=True)
-            bins = np.minimum((top - scaled[finite]) / _ORDER_BIN, np.iinfo(np.int16).max)
-            order = np.argsort(bins.astype(np.int16), axis=1, kind="stable")
-            finite_order = jnp.asarray(order, dtype=jnp.int32)
         if quadrature_nodes is not None and (
             isinstance(quadrature_nodes, bool)
             or not isinstance(quadrature_nodes, (int, np.integer))
@@ -469,6 +461,15 @@ class CurationProblem(eqx.Module):
             else:
                 quadrature_nodes = nodes_for_spread(DEFAULT_SPREAD)
         quadrature_nodes = int(quadrature_nodes)
+        finite_order = None
+        # After the refusals above: the spread is then finite and within the nodes' range.
+        if finite and spreads is not None:
+            # A radix sort of 16-bit bin indices: O(n), unlike a float argsort; blocks of
+            # consecutive points then span ~0.05 nats each.
+            top = np.max(scaled[finite], axis=1, keepdims=True)
+            bins = np.minimum((top - scaled[finite]) / _ORDER_BIN, np.iinfo(np.int16).max)
+            order = np.argsort(bins.astype(np.int16), axis=1, kind="stable")
+            finite_order = jnp.asarray(order, dtype=jnp.int32)
 
         self.rewards = rewards
         self.weights = weights
