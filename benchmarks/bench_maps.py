@@ -30,6 +30,7 @@ import curax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from curax._output import write_file_atomic
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
@@ -198,7 +199,7 @@ def main():
     )
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    write_file_atomic(out, json.dumps(dict(meta=meta, rows=rows), indent=1))
     worst = max(rows, key=lambda r: r["ratio_per_node"])
     print(f"worst ratio / Q: {worst['ratio_per_node']:.2f} ({worst['family']}, n={worst['n']})")
     print(f"wrote {out}")

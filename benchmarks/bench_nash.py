@@ -37,6 +37,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from curax._output import write_file_atomic
 
 
 HERE = Path(__file__).resolve().parent
@@ -500,9 +501,9 @@ def main():
     res["environment"]["load_after"] = os.getloadavg()[0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    write_file_atomic(out, json.dumps(res, indent=1))
     md = markdown(res)
-    out.with_suffix(".md").write_text(md)
+    write_file_atomic(out.with_suffix(".md"), md)
     print(md)
 
 
