@@ -653,7 +653,6 @@ def check_outside_decay(
     - `problem`: a two-reward [`curax.CurationProblem`][].
     - `eps`: basin tolerance. Keyword only argument.
     - `p0`: initial distribution (default uniform). Keyword only argument.
-    - `rounds`: rounds of the illustrative run. Keyword only argument.
     - `compromise_mass`: outside mass at the limit that counts as "absorbed". Keyword only
         argument.
     - `rtol`: relative slack on the rate bound (rounding). Keyword only argument.
