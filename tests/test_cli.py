@@ -259,6 +259,8 @@ def test_solve_refuses_bad_options(reward_file, capsys, args, named):
         (["--seed", "-1"], "--seed"),
         (["--sections", "collapse,nope"], "--sections"),
         (["--sections", ","], "--sections"),
+        (["--workers", "0"], "--workers"),
+        (["--workers", "two"], "--workers"),
     ],
 )
 def test_reproduce_refuses_bad_options(tmp_path, capsys, args, named):
@@ -293,6 +295,44 @@ def test_reproduce_refuses_unwritable_out(tmp_path, capsys):
         ("1,nan,3\n", ".csv", "NaN"),
     ],
 )
+def _without_times(results):
+    results = {k: dict(v) for k, v in results.items()}
+    for v in results.values():
+        v.pop("seconds", None)
+        v.pop("workers", None)
+    return results
+
+
+def test_reproduce_sections_in_parallel_give_the_same_results(tmp_path):
+    from curax._reproduce import run_suite
+
+    sections = ("leakage", "outside", "variance")
+    one = run_suite(tmp_path / "a", quick=True, progress=False, sections=sections, workers=1)
+    three = run_suite(tmp_path / "b", quick=True, progress=False, sections=sections, workers=3)
+    assert three["meta"]["workers"] == 3
+    assert list(three) == list(one)  # the sections' order, not their finishing order
+    assert _without_times(one) == _without_times(three)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
+        p.name for p in (tmp_path / "b").iterdir()
+    )
+    with pytest.raises(ValueError, match="workers"):
+        run_suite(tmp_path / "c", quick=True, sections=sections, workers=0)
+
+
+def test_reproduce_error_in_a_parallel_section(tmp_path, monkeypatch):
+    import curax._reproduce as rep
+
+    def broken(cfg, out):
+        raise RuntimeError("section broke")
+
+    monkeypatch.setattr(rep, "section_outside", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="section broke"):
+        rep.run_suite(out, quick=True, progress=False, sections=("leakage", "outside"), workers=2)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary folder left either
+
+
 def test_solve_bad_reward_file(tmp_path, capsys, content, suffix, message):
     path = tmp_path / f"bad{suffix}"
     path.write_text(content)

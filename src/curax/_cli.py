@@ -153,6 +153,12 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write into a folder holding files curax did not write (kept; same names replaced)",
     )
+    rep.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="sections run at once, in threads (default: the CPU count, at most 4; 1: in turn)",
+    )
     rep.add_argument("--no-cache", action="store_true", help="no persistent compilation cache")
 
     sol = sub.add_parser(
@@ -339,6 +345,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         sections=sections,
         force=args.force,
+        workers=args.workers,
     )
     meta = results["meta"]
     status = (

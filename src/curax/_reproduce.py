@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,19 +101,24 @@ class SuiteConfig:
         )
 
 
-def _plt():
-    import matplotlib
+def _subplots(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """`plt.subplots` without pyplot: a `Figure` outside pyplot's global registry, so that
+    sections running in parallel threads build their figures independently."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(*args, **kwargs)
 
-    return plt
+
+# Rendering (text layout, the font cache, the Agg canvas) shares matplotlib's global state:
+# one figure is drawn at a time; building the figures' artists needs no lock.
+_RENDER_LOCK = threading.Lock()
 
 
 def _save(fig: Any, out: Path, name: str) -> str:
     path = out / name
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    with _RENDER_LOCK:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
     return name
 
 
@@ -164,8 +170,7 @@ def section_collapse(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     expected = ["pass", _expect_two_well(2.0, 0.3, 0.5, 4.0)]
     p_single = trajectory(single.uniform(), single, cfg.rounds)[-1]
     p_two = trajectory(two.uniform(), two, cfg.rounds)[-1]
-    plt = _plt()
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, ax = _subplots(1, 2, figsize=(9, 3.2))
     xs = np.asarray(x)
     ax[0].plot(xs, np.asarray(single.uniform()), "k:", label="start (uniform)")
     ax[0].plot(xs, np.asarray(p_single), label="one reward (q = 1)")
@@ -202,8 +207,7 @@ def section_leakage(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
                 }
             )
             reports.append(_row(rep, _expect_two_well(sep, q, eps, 1.0)))
-    plt = _plt()
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         1, len(cfg.leak_separations), figsize=(3.6 * len(cfg.leak_separations), 3.2)
     )
     axes = np.atleast_1d(axes)
@@ -309,8 +313,7 @@ def section_outside(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     ps = np.asarray(trajectory(dominated.uniform(), dominated, 200))
     o = ps[:, b.outside].sum(1)
     rho = rep_dom.predicted["rate_bound"]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig, ax = _subplots(figsize=(4.5, 3.2))
     t = np.arange(len(o))
     ok = o > 1e-300
     bound = o[0] * rho**t
@@ -370,10 +373,9 @@ def section_finite_k(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     verdicts["distance to K = inf decreases for K >= 4"] = bool(
         np.all(np.isfinite(d[big])) and np.all(np.diff(d[big]) < 0)
     )
-    plt = _plt()
     from matplotlib.ticker import NullLocator
 
-    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    fig, ax = _subplots(figsize=(4.5, 3.4))
     ks = np.array(study.ks, float)
     ax.loglog(ks, study.log_u_distance, "o-", label="max |log u_K - log u_inf|")
     ax.loglog(ks, np.maximum(np.abs(study.phi_gap), 1e-16), "s--", label="Phi gap")
@@ -395,10 +397,11 @@ def section_phase(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     atoms = np.array(phase.num_atoms, float)  # (separation, K, q)
     certified = np.array(phase.certified)
     atoms[~certified] = np.nan
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(kl), figsize=(3.2 * len(kl) + 1.2, 3.2), squeeze=False)
+    fig, axes = _subplots(1, len(kl), figsize=(3.2 * len(kl) + 1.2, 3.2), squeeze=False)
     top = max(2, int(np.nanmax(atoms)) if np.isfinite(atoms).any() else 2)
-    cmap = plt.get_cmap("viridis", top)
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"].resampled(top)
     for j, (ax, k) in enumerate(zip(axes[0], kl)):
         img = ax.imshow(
             atoms[:, j, :].T,
@@ -494,10 +497,9 @@ def section_sampling(cfg: SuiteConfig, out: Path, key: Any) -> dict[str, Any]:
 
     m0 = sampling.GaussianMixture.init(k2, 4, 2, scale=2.0)
     results = {}
-    plt = _plt()
     from matplotlib.ticker import NullLocator
 
-    fig, ax = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, ax = _subplots(1, 3, figsize=(12, 3.4))
     ns = np.array(study.num_samples, float)
     ax[0].loglog(ns, study.distance, "o-", label="mean L1 distance")
     ax[0].loglog(ns, study.distance[0] * (ns / ns[0]) ** -0.5, "k--", label="N^-1/2")
@@ -807,6 +809,7 @@ def run_suite(
     progress: bool = True,
     sections: tuple[str, ...] | None = None,
     force: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Run the reproduction suite, writing figures, `report.md` and `results.json` to `out`.
 
@@ -824,6 +827,10 @@ def run_suite(
     - `sections`: subset of section names (default all). Keyword only argument.
     - `force`: write into a folder holding foreign files (they are kept; files of the same
         names are replaced). Keyword only argument.
+    - `workers`: how many sections run at once, in threads (default: the CPU count, at most
+        4). Most of a cold run is XLA compiling, which runs outside Python's lock, so sections
+        compiled side by side finish sooner; the results do not depend on it. `1` runs them
+        one after the other in the calling thread. Keyword only argument.
 
     **Returns:**
 
@@ -835,11 +842,95 @@ def run_suite(
         raise ValueError(
             f"unknown section(s) {sorted(unknown)}; choose from {[k for k, _ in SECTIONS]}."
         )
+    if workers is None:
+        workers = max(1, min(4, os.cpu_count() or 1))
+    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`workers` must be a positive int, got {workers!r}.")
     check_writable(out, force=force)
     with _output.OutputDir(
         out, force=force, writer="curax reproduce", last=("results.json", "report.md")
     ) as tmp:
-        return _run_suite(tmp, quick=quick, seed=seed, progress=progress, sections=sections)
+        return _run_suite(
+            tmp, quick=quick, seed=seed, progress=progress, sections=sections, workers=workers
+        )
+
+
+# Sections that share compiled programs run one after the other (the phase diagram reuses the
+# finite-K section's grid and quadrature); the chains run in parallel, the costliest first
+# (cold-cache seconds of `--quick` on 2 cores: 20, 12, 11, 8, 7, then about 1 each).
+_CHAINS: tuple[tuple[str, ...], ...] = (
+    ("finite_k", "phase"),
+    ("ferbach",),
+    ("sampling",),
+    ("collapse",),
+    ("nash",),
+    ("outside",),
+    ("leakage",),
+    ("variance",),
+)
+
+
+def _run_sections(
+    names: list[str],
+    runners: dict[str, Callable[[], dict[str, Any]]],
+    workers: int,
+    show: Callable[[list[str], bool], None] | None,
+) -> dict[str, Any]:
+    """Run the sections `names`, `workers` at a time; returns their results in `names`'
+    order, each with its own wall-clock `seconds` (overlapping when run in parallel).
+
+    A section that raises stops the others from starting; those already running finish
+    (their compiled programs are half of the process's work) and the first error is raised.
+    On KeyboardInterrupt nothing is waited for."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    chains = [[s for s in chain if s in names] for chain in _CHAINS]
+    chains = [c for c in chains if c]
+    lock = threading.Lock()
+    running: list[str] = []
+    stop = threading.Event()
+
+    def event(name: str, done: bool) -> None:
+        with lock:
+            running.remove(name) if done else running.append(name)
+            if show is not None:
+                show(list(running), done)
+
+    def run_chain(chain: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in chain:
+            if stop.is_set():
+                break
+            event(name, False)
+            t0 = time.perf_counter()
+            out[name] = runners[name]() | {"seconds": time.perf_counter() - t0}
+            event(name, True)
+        return out
+
+    results: dict[str, Any] = {}
+    if workers == 1:
+        for chain in chains:
+            results |= run_chain(chain)
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="curax-section")
+        futures = [pool.submit(run_chain, chain) for chain in chains]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in futures:
+                if f in done and f.exception() is not None:
+                    raise f.exception()  # type: ignore[misc]
+            for f in futures:
+                results |= f.result()
+        except KeyboardInterrupt:
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        except BaseException:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
+    return {name: results[name] for name in names}
 
 
 def _run_suite(
@@ -849,6 +940,7 @@ def _run_suite(
     seed: int,
     progress: bool,
     sections: tuple[str, ...] | None,
+    workers: int,
 ) -> dict[str, Any]:
     cfg = SuiteConfig.quick() if quick else SuiteConfig()
     key = jr.key(seed)
@@ -864,9 +956,7 @@ def _run_suite(
         "phase": lambda: section_phase(cfg, out),
         "sampling": lambda: section_sampling(cfg, out, jr.fold_in(key, 2)),
     }
-    results: dict[str, Any] = {}
     start = time.perf_counter()
-    titles = dict(SECTIONS)
     if progress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -877,19 +967,19 @@ def _run_suite(
             transient=False,
         ) as bar:
             task = bar.add_task("curax reproduce", total=len(names))
-            for name in names:
-                bar.update(task, description=f"{name}: {titles[name]}")
-                t0 = time.perf_counter()
-                results[name] = runners[name]() | {"seconds": time.perf_counter() - t0}
-                bar.advance(task)
+
+            def show(running: list[str], done: bool) -> None:
+                label = ", ".join(running) if running else "writing the report"
+                bar.update(task, description=label, advance=int(done))
+
+            results = _run_sections(names, runners, workers, show)
     else:
-        for name in names:
-            t0 = time.perf_counter()
-            results[name] = runners[name]() | {"seconds": time.perf_counter() - t0}
+        results = _run_sections(names, runners, workers, None)
     checks = _checks(results)
     results["meta"] = {
         "quick": quick,
         "seed": seed,
+        "workers": workers,
         "seconds": time.perf_counter() - start,
         "config": theory._jsonable(dataclasses.asdict(cfg)),
         "all_as_expected": all(_expected(v, e) for _, _, v, e in checks),
