@@ -279,3 +279,39 @@ def test_phase_diagram_k4_separation2_is_certified_and_attracting():
     ps = curax.trajectory(0.99 * sol.value + 0.01 * problem.uniform(), problem, 1000)
     dist = [float(jnp.sum(jnp.abs(ps[t] - sol.value))) for t in (0, 300, 1000)]
     assert dist[2] < 0.5 * dist[0]
+
+
+@pytest.mark.parametrize("start", ["uniform", "near-vertex"])
+def test_fallback_on_the_host_equals_the_traced_loop(start, monkeypatch):
+    # With one active-set pass the first attempt cannot certify, so the fallback runs: from
+    # the uniform start the dynamics lead to a point the second attempt certifies, from next
+    # to a vertex they do not. Concrete inputs decide the fallback on the host (two programs);
+    # under `jit` it is one traced loop. Both must take the same steps to the same point.
+    import curax._stable_point as sp
+
+    calls = []
+    real = sp._fallback_start
+    monkeypatch.setattr(sp, "_fallback_start", lambda *a: calls.append(1) or real(*a))
+    n = 101
+    x, problem = curax.two_basin_problem(n=n, separation=3.0, q=0.3, k=4)
+    p0 = problem.uniform()
+    if start == "near-vertex":
+        p0 = jnp.full((n,), 0.01 / (n - 1)).at[0].set(0.99)
+    host = curax.stable_point(problem, p0, max_steps=1, throw=False)
+    traced = jax.jit(lambda pr, p: curax.stable_point(pr, p, max_steps=1, throw=False))(problem, p0)
+    assert calls == [1]
+    assert bool(host.stats["fallback_used"]) and bool(traced.stats["fallback_used"])
+    assert host.result == traced.result
+    for name in ("num_map_evals", "num_steps", "support_size"):
+        assert int(host.stats[name]) == int(traced.stats[name]), name
+    np.testing.assert_allclose(host.value, traced.value, rtol=0, atol=1e-13)
+    if start == "uniform":
+        assert host.result == curax.RESULTS.successful
+        assert float(host.stats["fw_gap"]) <= 1e-10
+    else:
+        assert host.result != curax.RESULTS.successful
+
+    # The common case: the first attempt certifies and the fallback is not even compiled.
+    calls.clear()
+    ok = curax.stable_point(problem, problem.uniform())
+    assert calls == [] and not bool(ok.stats["fallback_used"])

@@ -203,16 +203,35 @@ def stable_point(
         grid_shape = tuple(int(g) for g in grid_shape)
     if method == "mixing_fixed_point":
         problem = checked_reference_weight(problem)
-    out = _stable_point(
-        problem,
-        p0,
-        method=method,
-        tol=float(tol),
-        max_steps=max_steps,
-        grid_shape=grid_shape,
-    )
+    kwargs = dict(method=method, tol=float(tol), max_steps=max_steps, grid_shape=grid_shape)
+    finite_k = method in ("active_set_newton", "squarem_newton")
+    if finite_k and is_concrete(*jax.tree.leaves(eqx.filter((problem, p0), eqx.is_array))):
+        out = _finite_k_on_host(problem, p0, kwargs)
+    else:
+        out = _stable_point(problem, p0, **kwargs)
     # After the `jit`, so that the compiled solve carries no host callback (cacheable).
     return throw_if_failed(out, throw)
+
+
+def _finite_k_on_host(problem: CurationProblem, p0: Array, kwargs: dict) -> Solution:
+    """The finite-K solve with its fallback decided on the host: the Newton attempt is one
+    compiled program, the fallback's dynamics another, compiled only when an attempt fails
+    to certify; the second attempt reuses the first's program. The same steps as the single
+    traced program (`fallback=True`, used under the caller's `jit`/`vmap`), with about a
+    third less to compile when the first attempt certifies (the common case)."""
+    first = _stable_point(problem, p0, fallback=False, **kwargs)
+    if bool(first.result == RESULTS.successful):
+        return first
+    start, dyn_evals = _fallback_start(problem, p0, kwargs["tol"], kwargs["max_steps"])
+    second = _stable_point(problem, start, fallback=False, **kwargs)
+    stats = dict(second.stats)
+    # Both attempts' map evaluations and the dynamics', with the certificate counted once.
+    stats["num_map_evals"] = (
+        first.stats["num_map_evals"] + dyn_evals + second.stats["num_map_evals"] - 1
+    )
+    stats["num_steps"] = first.stats["num_steps"] + second.stats["num_steps"]
+    stats["fallback_used"] = jnp.array(True)
+    return Solution(value=second.value, result=second.result, aux=None, stats=stats, state=None)
 
 
 def _support_radius(p: Array, problem: CurationProblem) -> Array:
@@ -307,40 +326,51 @@ def _active_set_solver(tol: float) -> ActiveSetNewton:
     return ActiveSetNewton(rtol=0.5 * tol, atol=0.5 * tol)
 
 
-def _finite_k(problem, p0, tol, max_steps, method: Method):
-    """Finite K: the Newton method from `p0`; if its point does not certify, accelerated
-    dynamics from `p0` and the Newton method again from where they stopped. One loop of at
-    most two attempts, so that each solver is compiled once."""
+def _newton(tol: float, method: Method) -> Any:
     if method == "squarem_newton":
-        newton: Any = NewtonKrylov(rtol=0.5 * tol, atol=0.5 * tol)
-    else:
-        newton = _active_set_solver(tol)
+        return NewtonKrylov(rtol=0.5 * tol, atol=0.5 * tol)
+    return _active_set_solver(tol)
 
-    def dynamics(_):
-        dyn = fixed_point(
-            _CURATE,
-            SQUAREM(rtol=tol, atol=tol),
-            p0,
-            problem,
-            max_steps=_DYNAMICS_PER_STEP * max_steps,
-            throw=False,
-        )
-        return to_simplex(lax.stop_gradient(dyn.value)), dyn.stats["num_map_evals"]
+
+def _dynamics(problem, p0, tol, max_steps):
+    """The fallback's accelerated dynamics from `p0`: where the second Newton solve starts."""
+    dyn = fixed_point(
+        _CURATE,
+        SQUAREM(rtol=tol, atol=tol),
+        p0,
+        problem,
+        max_steps=_DYNAMICS_PER_STEP * max_steps,
+        throw=False,
+    )
+    return to_simplex(lax.stop_gradient(dyn.value)), dyn.stats["num_map_evals"]
+
+
+def _attempt(problem, start, tol, max_steps, method: Method):
+    """One Newton solve from `start` and its certificate."""
+    sol = fixed_point(
+        _CURATE, _newton(tol, method), start, problem, max_steps=max_steps, throw=False
+    )
+    p = to_simplex(lax.stop_gradient(sol.value))
+    cert, ok, finite = _certify(p, problem, method, tol)
+    return p, sol.result, cert, ok, finite, sol.stats["num_map_evals"], sol.stats["num_steps"]
+
+
+def _finite_k(problem, p0, tol, max_steps, method: Method, fallback: bool):
+    """Finite K: the Newton method from `p0`; if its point does not certify (and `fallback`),
+    accelerated dynamics from `p0` and the Newton method again from where they stopped. One
+    loop of at most two attempts, so that each solver is compiled once."""
+    if not fallback:
+        return (*_attempt(problem, p0, tol, max_steps, method), jnp.array(False))
 
     def attempt(i):
-        start, evals = lax.cond(i == 0, lambda _: (p0, jnp.array(0)), dynamics, None)
-        sol = fixed_point(_CURATE, newton, start, problem, max_steps=max_steps, throw=False)
-        p = to_simplex(lax.stop_gradient(sol.value))
-        cert, ok, finite = _certify(p, problem, method, tol)
-        return (
-            p,
-            sol.result,
-            cert,
-            ok,
-            finite,
-            evals + sol.stats["num_map_evals"],
-            sol.stats["num_steps"],
+        start, evals = lax.cond(
+            i == 0,
+            lambda _: (p0, jnp.array(0)),
+            lambda _: _dynamics(problem, p0, tol, max_steps),
+            None,
         )
+        p, result, cert, ok, finite, e, steps = _attempt(problem, start, tol, max_steps, method)
+        return p, result, cert, ok, finite, evals + e, steps
 
     def cond(carry):
         i, *_, ok, _, _, _ = carry
@@ -358,6 +388,9 @@ def _finite_k(problem, p0, tol, max_steps, method: Method):
     return p, result, cert, ok, finite, evals, steps, i > 1
 
 
+_fallback_start = eqx.filter_jit(_dynamics)
+
+
 @eqx.filter_jit
 def _stable_point(
     problem: CurationProblem,
@@ -367,6 +400,7 @@ def _stable_point(
     tol: float,
     max_steps: int,
     grid_shape: tuple[int, ...] | None,
+    fallback: bool = True,
 ) -> Solution:
     fallback_used = jnp.array(False)
     if method == "nash_solution":
@@ -385,7 +419,7 @@ def _stable_point(
         steps = sol.stats["num_steps"]
     else:
         p, first, cert, ok, finite, evals, steps, fallback_used = _finite_k(
-            problem, p0, tol, max_steps, method
+            problem, p0, tol, max_steps, method, fallback
         )
     if method in ("nash_solution", "mixing_fixed_point"):
         cert, ok, finite = _certify(p, problem, method, tol)
