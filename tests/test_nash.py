@@ -451,7 +451,8 @@ def test_row_argmax_finds_each_rows_maximum(n):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_start_columns_are_row_maximisers_without_geometry(seed):
     # Issue 13: on label sets without geometry the start must sit on every reward's
-    # maximiser (an argmax over sampled columns missed them at n = 1e6 and cost 2-4 passes).
+    # maximiser (an argmax over sampled columns missed them and cost up to 2 more passes at
+    # n = 1e6).
     # From a CurationProblem the solver gets no anchors and must find them itself; a sample of
     # 2,000 of these 20,000 columns holds a row's maximiser with probability ~0.1.
     from curax._nash_solver import solve_nash
@@ -466,10 +467,10 @@ def test_start_columns_are_row_maximisers_without_geometry(seed):
 
 
 def test_curation_entry_underflow_off_the_sample():
-    # The solver starts from argmaxes over ~2,000 sampled columns. Here one reward is so
-    # narrow that it underflows to 0 on every sampled column (its peak sits halfway between
-    # two of them): the start must fall back to that row's exact argmax, from a
-    # CurationProblem (no anchors) as from a BargainingProblem (anchors known).
+    # One reward so narrow that its cached weights underflow to 0 on all but a few columns
+    # (and on every column of a 1-in-10 sample, which an earlier start relied on): the start
+    # must find that row's maximiser, from a CurationProblem (no anchors) as from a
+    # BargainingProblem (anchors known).
     n = 20000
     stride = n // 2000
     x = np.linspace(0, 1, n)

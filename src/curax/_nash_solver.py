@@ -617,14 +617,9 @@ def _refine_index(idx: Array, coarse: tuple[int, ...], fine: tuple[int, ...], st
     return jnp.ravel_multi_index(tuple(c * stride for c in coords), fine, mode="clip")
 
 
-# Columns sampled to choose the starting columns: about this many, evenly strided.
-_PROBE_POINTS = 2000
 # `row_argmax`: pieces folded per level, and the row length below which `jnp.argmax` is used.
 _FOLD = 32
 _FOLD_MIN = 2048
-# Which start: "exact" (the rows' maximisers, always) or "grid-sampled" (sampled argmaxes on
-# a grid, exact maximisers without one). Module-level only so that the benchmark can compare.
-_START = "exact"
 
 
 def row_argmax(e: Array) -> Array:
@@ -654,22 +649,16 @@ def row_argmax(e: Array) -> Array:
     return idx
 
 
-def _start_columns(e: Array, anchors: Array | None, geometric: bool) -> Array:
-    """One starting column per reward: where that reward is largest (the caller's `anchors`,
-    or `row_argmax`), so that the first master already sits on every row's maximiser and the
-    solve is the same from a `CurationProblem` (no anchors) and a `BargainingProblem` (anchors
-    computed by `row_argmax` when it was built)."""
-    if _START == "exact" or not geometric:
-        return row_argmax(e) if anchors is None else anchors
-    m, n = e.shape
-    stride = max(1, n // _PROBE_POINTS)
-    sample = e[:, ::stride]
-    probe = jnp.argmax(sample, axis=1) * stride
-    rows = jnp.arange(m)
-    positive = sample[rows, probe // stride] > 0
-    if anchors is None:
-        anchors = lax.cond(jnp.all(positive), lambda: probe, lambda: row_argmax(e))
-    return jnp.where(positive, probe, anchors.astype(probe.dtype))
+def _start_columns(e: Array, anchors: Array | None) -> Array:
+    """One starting column per reward, where that reward is largest: the caller's `anchors`
+    (`BargainingProblem` computes them with `row_argmax` when it is built) or `row_argmax`
+    here (a `CurationProblem` has none), so both entries start, and solve, alike.
+
+    Always the exact maximisers (measured, n = 1e5 and 1e6, m = 8): on label sets without
+    geometry an argmax over ~2,000 strided columns missed the maximisers and cost up to 2 more
+    passes over `E`; on grids the exact start needed 3-5% fewer master steps in total (22% on
+    the 2-D families at n = 1e6) for one read of `E` from a `CurationProblem`."""
+    return row_argmax(e) if anchors is None else anchors
 
 
 class NashResult(eqx.Module):
@@ -728,7 +717,7 @@ def solve_nash(
         f = factors[level]
         return jnp.ravel_multi_index(tuple(c // f for c in coords), shapes[level], mode="clip")
 
-    anchors = _start_columns(e, anchors, geometric)
+    anchors = _start_columns(e, anchors)
     init_idx = down(anchors, top)
     # Read before the loops: XLA copies a loop-carried E (~2 reads) that is used after them.
     anchor_values = e[jnp.arange(m), anchors]
