@@ -656,7 +656,7 @@ def _start_columns(e: Array, anchors: Array | None) -> Array:
 
     Always the exact maximisers (measured, n = 1e5 and 1e6, m = 8): on label sets without
     geometry an argmax over ~2,000 strided columns missed the maximisers and cost up to 2 more
-    passes over `E`; on grids the exact start needed 3-5% fewer master steps in total (22% on
+    passes over `E`; on grids the exact start needed 3-4% fewer master steps in total (22% on
     the 2-D families at n = 1e6) for one read of `E` from a `CurationProblem`."""
     return row_argmax(e) if anchors is None else anchors
 
