@@ -307,6 +307,10 @@ def _family(name, n, m, seed):
             v = -np.sin(th) * (xx - cx) + np.cos(th) * (yy - cy)
             r[i] = (-(k1 * u**2 + k2 * v**2)).ravel()
         shape = (side, side)
+    elif name == "labels-ties":  # quantised labels: each maximum is shared by ~9% of columns
+        r = np.minimum(np.round(rng.normal(size=(m, n))), 1.0)
+        r = r + np.minimum(np.round(rng.normal(size=(1, n))), 1.0)
+        shape = None
     else:  # "labels": i.i.d. rewards plus a shared i.i.d. component, no geometry
         r = rng.normal(size=(m, n)) + rng.normal(size=(1, n))
         shape = None
@@ -397,6 +401,8 @@ def _stat(sol, key):
         ("random-curvature", True, 20000, 0),
         ("anisotropic-2d", True, 16384, 1),
         ("labels", False, 9000, 5),
+        # Every row's maximum at hundreds of columns: both entries must pick the same ones.
+        ("labels-ties", False, 9000, 0),
     ],
 )
 def test_curation_entry_same_solve_as_bargaining(name, grid, n, seed):
@@ -421,11 +427,50 @@ def test_curation_entry_same_solve_as_bargaining(name, grid, n, seed):
     )
 
 
+@pytest.mark.parametrize("n", [1, 7, 2048, 2049, 65541, 300_001])
+def test_row_argmax_finds_each_rows_maximum(n):
+    # The solver's start and BargainingProblem.anchors use a folded argmax (about one read of
+    # the matrix): it must return a column holding the row's maximum, on every length (one or
+    # two folding levels, a tail of n mod 32 columns) and where the maximum is at the first
+    # column, in the tail, or tied along the row; without ties it is numpy's argmax.
+    from curax._nash_solver import row_argmax
+
+    rng = np.random.default_rng(n)
+    e = rng.normal(size=(6, n))
+    e[1, 0] = 10.0  # first column
+    e[2, -1] = 10.0  # last column (in the tail when 32 does not divide n)
+    e[3] = np.round(e[3])  # ties: many columns share the maximum
+    e[4] = 1.0  # a constant row
+    e[5, n // 2] = e[5, n // 3] = 10.0  # two separated maximisers
+    idx = np.asarray(row_argmax(jnp.asarray(e)))
+    rows = np.arange(e.shape[0])
+    np.testing.assert_array_equal(e[rows, idx], e.max(axis=1))
+    np.testing.assert_array_equal(idx[:3], np.argmax(e[:3], axis=1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_start_columns_are_row_maximisers_without_geometry(seed):
+    # Issue 13: on label sets without geometry the start must sit on every reward's
+    # maximiser (an argmax over sampled columns missed them and cost up to 2 more passes at
+    # n = 1e6).
+    # From a CurationProblem the solver gets no anchors and must find them itself; a sample of
+    # 2,000 of these 20,000 columns holds a row's maximiser with probability ~0.1.
+    from curax._nash_solver import solve_nash
+
+    r, a, _ = _family("labels", 20000, 8, seed)
+    cp = curax.CurationProblem(r, a)
+    res = solve_nash(
+        cp.tilt_weights, a / jnp.sum(a), None, grid_shape=None, tol=1e-12, max_passes=20
+    )
+    np.testing.assert_array_equal(np.asarray(res.anchors), np.argmax(np.asarray(r), axis=1))
+    assert float(res.gap) <= 1e-12
+
+
 def test_curation_entry_underflow_off_the_sample():
-    # The solver starts from argmaxes over ~2,000 sampled columns. Here one reward is so
-    # narrow that it underflows to 0 on every sampled column (its peak sits halfway between
-    # two of them): the start must fall back to that row's exact argmax, from a
-    # CurationProblem (no anchors) as from a BargainingProblem (anchors known).
+    # One reward so narrow that its cached weights underflow to 0 on all but a few columns
+    # (and on every column of a 1-in-10 sample, which an earlier start relied on): the start
+    # must find that row's maximiser, from a CurationProblem (no anchors) as from a
+    # BargainingProblem (anchors known).
     n = 20000
     stride = n // 2000
     x = np.linspace(0, 1, n)

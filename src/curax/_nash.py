@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._nash_solver import solve_nash
+from ._nash_solver import row_argmax, solve_nash
 from ._problem import (
     _as_float,
     check_matrix,
@@ -59,7 +59,7 @@ class BargainingProblem(eqx.Module):
     - `log_scale`: `Float[Array, " m"]`, `log` of each row's scale (utility in the user's units
         is `exp(log_scale) * (U p)`).
     - `anchors`: `Int[Array, " m"]`, a column where each utility is largest (used to start
-        solvers with every utility positive).
+        solvers with every utility positive; `row_argmax`'s choice among tied columns).
     - `utility`: static, `"exp"`, `"linear"` or `"matrix"` (given directly).
     - `infinite_k_limit`: static bool, True when converted from a `CurationProblem` with finite
         K: the problem is then the K -> infinity limit, not the finite-K dynamics' objective
@@ -124,7 +124,7 @@ class BargainingProblem(eqx.Module):
         self.disagreement = disagreement
         self.family = family
         self.log_scale = log_scale
-        self.anchors = jnp.argmax(utilities, axis=1)
+        self.anchors = row_argmax(utilities)
         self.utility = utility
         self.infinite_k_limit = bool(infinite_k_limit)
 
@@ -472,9 +472,8 @@ def _nash_from_curation(
     assert cache is not None
     m = problem.num_rewards
     tol, grid_shape = _solve_options(cache.dtype, tol, max_passes, grid_shape, False)
-    # Every cached row has maximum exactly 1, so no anchors are needed: the solver starts from
-    # sampled columns exactly as from the equivalent BargainingProblem (an exact argmax here
-    # would be a full read of the cache, ~4-6 one-pass times on a CPU).
+    # No anchors: the solver finds its start columns with the same rule (`row_argmax`) that
+    # `BargainingProblem` used for its anchors, so both entries run the same solve.
     anchors = None
     # Renormalised as `BargainingProblem` renormalises its weights (x / sum x is not
     # idempotent in floating point): both entries then solve bit-identical problems.
@@ -547,7 +546,7 @@ def _nash_solution_core(
         alpha = _check_solvable(e, alpha, disagreement, check_sign)
     if family is not None:
         e = e @ family.T
-        anchors = jnp.argmax(e, axis=1)
+        anchors = row_argmax(e)
     # A utility with positive weight that is 0 on every column (its maximum, at the anchor,
     # is 0): no feasible point has all utilities above the disagreement point 0. (No anchors:
     # positive exp-utilities, feasible by construction.)
