@@ -37,7 +37,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from ._maps import _potential, _trajectory, curate, growth, potential, trajectory
-from ._problem import CurationProblem
+from ._problem import canonical_k, CurationProblem
 from ._stability import stability
 
 
@@ -520,7 +520,8 @@ def check_monotonicity(
     ps = trajectory(p0, problem, rounds)
     # The rows are the map's own outputs: the unchecked kernel (a `vmap` of the public
     # function would trace its checks into an `eqx.error_if` program, never cached).
-    phi = np.asarray(jax.vmap(lambda p: _potential(p, problem))(ps))
+    canonical = canonical_k(problem)
+    phi = np.asarray(jax.vmap(lambda p: _potential(p, canonical))(ps))
     drops = phi[:-1] - phi[1:]
     worst = float(drops.max()) if drops.size else 0.0
     tol = rtol * max(1.0, float(np.abs(phi).max()))
@@ -1079,7 +1080,8 @@ def check_real_data_stability(
     starts = jr.dirichlet(key, jnp.ones((n,), dtype), (num_starts,)).astype(dtype)
     starts = jnp.concatenate([problem.uniform()[None], starts / starts.sum(1, keepdims=True)])
     # Dirichlet draws, renormalised: on the simplex, so the unchecked kernel (see above).
-    runs = np.asarray(jax.vmap(lambda p: _trajectory(p, problem, rounds))(starts))
+    canonical = canonical_k(problem)
+    runs = np.asarray(jax.vmap(lambda p: _trajectory(p, canonical, rounds))(starts))
     limits = runs[:, -1]
     spread = float(np.max(np.abs(limits[:, None] - limits[None]).sum(-1)))
     # Empirical contraction rate: geometric fit of the L1 step sizes from the uniform start.
