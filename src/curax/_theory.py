@@ -1256,7 +1256,8 @@ def finite_k_convergence(
     - `tol`: the certificate's tolerance. Keyword only argument.
     - `rounds`, `max_chunks`: the dynamics' settings. Keyword only arguments.
     - `check_stability`: classify each finite-K point with [`curax.stability`][] (one
-        compilation per K). Keyword only argument.
+        compilation per bucket of K, see [`curax.CurationProblem`][]). Keyword only
+        argument.
     - `max_steps`: step limit of the stable-point solver. Keyword only argument.
     - `quadrature_nodes`: finite K's quadrature size (default: from the reward spread); fix
         it to share compiled code with other studies of the same shapes. Keyword only
@@ -1481,7 +1482,8 @@ def phase_diagram(
     start), its atoms ([`curax.theory.atoms`][]), its shape
     ([`curax.theory.classify_stable_point`][]) and its stability radius
     ([`curax.stability`][]). All points share one grid (`[-h, h]`, `h = max separation / 2
-    + 2`) and one quadrature size, so each K compiles once. The default grid (separations
+    + 2`) and one quadrature size, so each bucket of K compiles once (K = 2 to 65 is one
+    bucket, see [`curax.CurationProblem`][]). The default grid (separations
     0.25 to 4 in steps of 0.25) runs from one compromise atom to two basins.
 
     **Arguments:**
