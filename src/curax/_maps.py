@@ -348,9 +348,8 @@ def _phi_cut(ks: tuple[int, ...], num_nodes: int) -> float:
     """Pairs with t_k w > this cut change phi_k by < e^-cut absolutely. Where phi_k^(K-1)
     matters, phi_k >= exp(-(u_max + margin)) (`_RELEVANT_MARGIN`), so the relative change of
     phi_k^(K-1) is below K e^(-cut + u_max + margin) < 1e-16. With `ks` the bounds of a
-    bucket of K the cut is made for max(ks): K e^(-cut + u_max + margin) = (K / max(ks))
-    e^-37 < 1e-16 for every K <= max(ks) (and past the cap of 740, e^-cut is below the
-    smallest float64)."""
+    bucket of K the cut is made for max(ks): the cut increases with K (the cap included), so
+    it is at least each K's own cut and drops no pair that K's own cut keeps."""
     u_max = QUAD_U_MIN + (num_nodes - 1) * QUAD_STEP
     return min(u_max + _RELEVANT_MARGIN + 37.0 + math.log(max(ks)), 740.0)
 
