@@ -219,6 +219,7 @@ def _child_phase_diagram() -> None:
     ph = curax.theory.phase_diagram(_PHASE_SEPARATIONS, _PHASE_KS, _PHASE_QS, n=_PHASE_N)
     wall = time.perf_counter() - t0
     row = {"import_s": t_import, "phase_diagram_s": wall, "compiles": counter.counts}
+    row["xla_compile_s"] = _xla_seconds("\n".join(counter.lines))
     row["certified"] = sum(bool(c) for sep in ph.certified for k in sep for c in k)
     print(json.dumps(row))
 
@@ -230,11 +231,15 @@ class _CompileCounter(logging.Handler):
     def __init__(self):
         super().__init__()
         self.counts: dict[str, int] = {}
+        self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        m = re.match(r"Compiling jit\((\w+)\)", record.getMessage())
+        msg = record.getMessage()
+        m = re.match(r"Compiling jit\((\w+)\)", msg)
         if m:
             self.counts[m.group(1)] = self.counts.get(m.group(1), 0) + 1
+        if msg.startswith("Finished XLA compilation"):
+            self.lines.append(msg)
 
 
 def _count_compiles(stderr: str) -> dict[str, int]:
@@ -242,6 +247,17 @@ def _count_compiles(stderr: str) -> dict[str, int]:
     for name in re.findall(r"Compiling jit\((\w+)\)", stderr):
         counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def _xla_seconds(stderr: str) -> dict[str, float]:
+    """XLA compile wall seconds by program name (JAX_LOG_COMPILES' "Finished XLA compilation
+    of jit(name) in T sec"; a persistent-cache hit logs no such line)."""
+    secs: dict[str, float] = {}
+    for name, t in re.findall(
+        r"Finished XLA compilation of jit\((\w+)\) in ([\d.e-]+) sec", stderr
+    ):
+        secs[name] = secs.get(name, 0.0) + float(t)
+    return secs
 
 
 def measure_phase_diagram(mode: str, cache: str | None) -> dict:
@@ -315,6 +331,7 @@ def measure_reproduce(
         row["error"] = out.strip().splitlines()[-1] if out.strip() else str(code)
     if count:
         row["compiles"] = _count_compiles(_run_child.last_stderr)  # pyright: ignore
+        row["xla_compile_s"] = _xla_seconds(_run_child.last_stderr)  # pyright: ignore
     return row
 
 
@@ -379,8 +396,9 @@ def markdown(report: dict) -> str:
             "## Programs compiled (JAX_LOG_COMPILES; persistent-cache hits included)",
             "",
             "| command | mode | wall (s) | CPU (s) | _stable_point | _stability | _curate | "
-            "_growth | _trajectory | all programs |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "_growth | _trajectory | all programs | XLA compile s: all / _stable_point / "
+            "_stability |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in counted:
             c = r["compiles"]
@@ -391,7 +409,20 @@ def markdown(report: dict) -> str:
                     str(c.get(n, 0))
                     for n in ("_stable_point", "_stability", "_curate", "_growth", "_trajectory")
                 )
-                + f" | {sum(c.values())} |"
+                + f" | {sum(c.values())} | "
+                + (
+                    " / ".join(
+                        f"{v:.1f}"
+                        for v in (
+                            sum(r["xla_compile_s"].values()),
+                            r["xla_compile_s"].get("_stable_point", 0.0),
+                            r["xla_compile_s"].get("_stability", 0.0),
+                        )
+                    )
+                    if "xla_compile_s" in r
+                    else "n/a"
+                )
+                + " |"
             )
     return "\n".join(lines) + "\n"
 
