@@ -3,6 +3,8 @@
     python benchmarks/compile_times.py                 # entry points + reproduce --quick
     python benchmarks/compile_times.py --full          # also the full `curax reproduce`
     python benchmarks/compile_times.py --only curate   # a subset (regex on entry names)
+    python benchmarks/compile_times.py --no-entries --count-compiles --phase-diagram
+        # reproduce --quick with the programs it compiles, by name, and theory.phase_diagram
 
 Each measurement runs in a fresh process (every process starts cold in memory, as a user's
 does). "cold" uses an empty persistent compilation cache folder (so it includes writing the
@@ -196,6 +198,81 @@ def _child(name: str, cache: str | None) -> None:
     print(json.dumps(row))
 
 
+# The phase diagram's axes for `--phase-diagram`: every K of the issue's full run, few points.
+_PHASE_KS = (2, 3, 4, 5, 8, None)
+_PHASE_SEPARATIONS = (0.5, 3.0)
+_PHASE_QS = (0.3,)
+_PHASE_N = 61
+
+
+def _child_phase_diagram() -> None:
+    """`theory.phase_diagram` in this (fresh) process: wall time and the programs compiled."""
+    t0 = time.perf_counter()
+    import curax
+    import jax
+
+    t_import = time.perf_counter() - t0
+    counter = _CompileCounter()
+    logging.getLogger("jax").addHandler(counter)
+    jax.config.update("jax_log_compiles", True)
+    t0 = time.perf_counter()
+    ph = curax.theory.phase_diagram(_PHASE_SEPARATIONS, _PHASE_KS, _PHASE_QS, n=_PHASE_N)
+    wall = time.perf_counter() - t0
+    row = {"import_s": t_import, "phase_diagram_s": wall, "compiles": counter.counts}
+    row["xla_compile_s"] = _xla_seconds("\n".join(counter.lines))
+    row["certified"] = sum(bool(c) for sep in ph.certified for k in sep for c in k)
+    print(json.dumps(row))
+
+
+class _CompileCounter(logging.Handler):
+    """Programs JAX compiles (or fetches from the persistent cache), by function name, from
+    `jax_log_compiles`' "Compiling jit(name) ..." records."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: dict[str, int] = {}
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        m = re.match(r"Compiling jit\((\w+)\)", msg)
+        if m:
+            self.counts[m.group(1)] = self.counts.get(m.group(1), 0) + 1
+        if msg.startswith("Finished XLA compilation"):
+            self.lines.append(msg)
+
+
+def _count_compiles(stderr: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name in re.findall(r"Compiling jit\((\w+)\)", stderr):
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _xla_seconds(stderr: str) -> dict[str, float]:
+    """XLA compile wall seconds by program name (JAX_LOG_COMPILES' "Finished XLA compilation
+    of jit(name) in T sec"; a persistent-cache hit logs no such line)."""
+    secs: dict[str, float] = {}
+    for name, t in re.findall(
+        r"Finished XLA compilation of jit\((\w+)\) in ([\d.e-]+) sec", stderr
+    ):
+        secs[name] = secs.get(name, 0.0) + float(t)
+    return secs
+
+
+def measure_phase_diagram(mode: str, cache: str | None) -> dict:
+    jax_cache = None if cache is None else str(Path(cache) / "curax" / "jax")
+    argv = [sys.executable, __file__, "--child-phase", "--cache", jax_cache or ""]
+    load = _load()
+    out, wall, cpu, code = _run_child(argv, _env(cache))
+    what = f"theory.phase_diagram({_PHASE_SEPARATIONS}, {_PHASE_KS}, {_PHASE_QS}, n={_PHASE_N})"
+    row = {"what": what, "mode": mode, "process_wall_s": wall, "process_cpu_s": cpu}
+    row["load_before"] = load
+    if code != 0:
+        return row | {"error": out.strip().splitlines()[-1] if out.strip() else str(code)}
+    return row | json.loads(out.strip().splitlines()[-1])
+
+
 def _run_child(args: list[str], env: dict[str, str]) -> tuple[str, float, float, int]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -204,6 +281,7 @@ def _run_child(args: list[str], env: dict[str, str]) -> tuple[str, float, float,
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     out = proc.stdout if proc.returncode == 0 else proc.stderr[-500:]
+    _run_child.last_stderr = proc.stderr  # pyright: ignore[reportFunctionMemberAccess]
     return out, wall, cpu, proc.returncode
 
 
@@ -229,13 +307,17 @@ def measure_entry(name: str, mode: str, cache: str | None) -> dict:
     return row | data | {"compile_s": data["first_s"] - data["second_s"]}
 
 
-def measure_reproduce(quick: bool, mode: str, cache: str | None, eqx_nan: bool = False) -> dict:
+def measure_reproduce(
+    quick: bool, mode: str, cache: str | None, eqx_nan: bool = False, count: bool = False
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         argv = [sys.executable, "-m", "curax", "reproduce", "--no-progress", "--out"]
         argv += [str(Path(tmp) / "out")] + (["--quick"] if quick else [])
         if cache is None:
             argv.append("--no-cache")
         env = _env(cache) | ({"EQX_ON_ERROR": "nan"} if eqx_nan else {})
+        if count:
+            env["JAX_LOG_COMPILES"] = "1"
         load = _load()
         out, wall, cpu, code = _run_child(argv, env)
     row = {
@@ -247,6 +329,9 @@ def measure_reproduce(quick: bool, mode: str, cache: str | None, eqx_nan: bool =
     }
     if code not in (0, 3):
         row["error"] = out.strip().splitlines()[-1] if out.strip() else str(code)
+    if count:
+        row["compiles"] = _count_compiles(_run_child.last_stderr)  # pyright: ignore
+        row["xla_compile_s"] = _xla_seconds(_run_child.last_stderr)  # pyright: ignore
     return row
 
 
@@ -304,6 +389,41 @@ def markdown(report: dict) -> str:
             f"| `{r['what']}` | {r['mode']} | {r['process_wall_s']:.1f}{err} | "
             f"{r['process_cpu_s']:.1f} | {r.get('load_before', '')} |"
         )
+    counted = [r for r in report["reproduce"] + report.get("phase", []) if "compiles" in r]
+    if counted:
+        lines += [
+            "",
+            "## Programs compiled (JAX_LOG_COMPILES; persistent-cache hits included)",
+            "",
+            "| command | mode | wall (s) | CPU (s) | _stable_point | _stability | _curate | "
+            "_growth | _trajectory | all programs | XLA compile s: all / _stable_point / "
+            "_stability |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in counted:
+            c = r["compiles"]
+            lines.append(
+                f"| `{r['what']}` | {r['mode']} | {r['process_wall_s']:.1f} | "
+                f"{r['process_cpu_s']:.1f} | "
+                + " | ".join(
+                    str(c.get(n, 0))
+                    for n in ("_stable_point", "_stability", "_curate", "_growth", "_trajectory")
+                )
+                + f" | {sum(c.values())} | "
+                + (
+                    " / ".join(
+                        f"{v:.1f}"
+                        for v in (
+                            sum(r["xla_compile_s"].values()),
+                            r["xla_compile_s"].get("_stable_point", 0.0),
+                            r["xla_compile_s"].get("_stability", 0.0),
+                        )
+                    )
+                    if "xla_compile_s" in r
+                    else "n/a"
+                )
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -329,11 +449,26 @@ def main(argv: list[str] | None = None) -> dict:
         help="also time reproduce with EQX_ON_ERROR=nan: programs with runtime checks "
         "(eqx.error_if, a host callback when raising) are never stored in JAX's cache",
     )
+    ap.add_argument(
+        "--count-compiles",
+        action="store_true",
+        help="record the programs `curax reproduce` compiles, by name (JAX_LOG_COMPILES)",
+    )
+    ap.add_argument(
+        "--phase-diagram",
+        action="store_true",
+        help="also time theory.phase_diagram over K = 2, 3, 4, 5, 8, inf (fresh process, "
+        "no persistent cache) and count its compilations",
+    )
+    ap.add_argument("--child-phase", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         _child(args.child, args.cache or None)
+        return {}
+    if args.child_phase:
+        _child_phase_diagram()
         return {}
     sys.path.insert(0, str(HERE.parent / "src"))
     from curax._output import OutputDir, OutputError
@@ -357,6 +492,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "entries": [],
         "reproduce": [],
+        "phase": [],
     }
     with outdir as tmp, tempfile.TemporaryDirectory() as scratch:
         if not args.no_entries:
@@ -374,7 +510,7 @@ def main(argv: list[str] | None = None) -> dict:
                 modes = [("off", None)] * (not args.no_off) + [("cold", cache)]
                 modes += [("warm", cache)] * args.repeats
                 for mode, folder in modes:
-                    row = measure_reproduce(quick, mode, folder)
+                    row = measure_reproduce(quick, mode, folder, count=args.count_compiles)
                     report["reproduce"].append(row)
                     print(json.dumps(row), flush=True)
                 if args.eqx_nan:
@@ -382,6 +518,10 @@ def main(argv: list[str] | None = None) -> dict:
                         row = measure_reproduce(quick, mode, cache + "_nan", eqx_nan=True)
                         report["reproduce"].append(row)
                         print(json.dumps(row), flush=True)
+        if args.phase_diagram:
+            row = measure_phase_diagram("off", None)
+            report["phase"].append(row)
+            print(json.dumps(row), flush=True)
         report["load_end"] = _load()
         (tmp / "compile_times.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "compile_times.md").write_text(markdown(report))

@@ -18,7 +18,7 @@ from equinox.internal import ω
 from jaxtyping import Array, ArrayLike, PyTree
 
 from ._maps import AbstractReplicatorMap, CurationMap, unchecked_map
-from ._problem import check_input_distribution, CurationProblem, simplex_tolerance
+from ._problem import canonical_k, check_input_distribution, CurationProblem, simplex_tolerance
 from ._solution import RESULTS, Solution, throw_if_failed
 from ._solver._base import AbstractGeneralSolver
 from ._solver._constraint import Simplex, Unconstrained
@@ -222,6 +222,10 @@ def fixed_point(
     else:
         y0 = jtu.tree_map(_inexact, y0)
         y0 = _match_dtypes(fn, y0, args, has_aux)
+    if isinstance(fn, CurationMap) and not (options and "growth" in options):
+        # curax's map reads K only as a number: one program per bucket of K. (A user's map or
+        # growth may read `args.k` itself.) The Solution holds no `args`.
+        args = canonical_k(args)
     out = _fixed_point(
         fn,
         solver,

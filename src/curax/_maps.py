@@ -10,8 +10,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from ._problem import (
+    canonical_k,
     check_input_distribution,
     CurationProblem,
+    k_bucket_bounds,
     normalised_distribution,
     QUAD_STEP,
     QUAD_U_MIN,
@@ -148,6 +150,11 @@ def _phi_mode(ks: tuple[int, ...], num_nodes: int, dtype: Any) -> str:
       accuracy, but when (K - 1) log 2 >= u_max + margin such nodes have negligible
       phi^(K-1) (see `_RELEVANT_MARGIN`).
     - "both": the two sums, log1p where t E_p[w] < 1 (docs/finite_k.md).
+
+    `ks` may be bounds rather than the rows' K (a bucket of K, `_laplace_growth`): the choice
+    holds for every K in [min(ks), max(ks)]. "direct" needs K - 1 <= 64 for each K, implied
+    by max(ks) - 1 <= 64; "expm1" needs (K - 1) log 2 >= u_max + margin, which grows with K,
+    so min(ks) suffices; "both" is exact for any K.
     """
     if jnp.finfo(dtype).bits < 64:
         return "both"
@@ -166,6 +173,12 @@ def _table_cells(ks: tuple[int, ...], num_nodes: int) -> tuple[float, int]:
     the nodes' coverage, which the map checks (`error_if`) before using the tables. (Up to
     the former cap for points above the support, log(1e7 K) + 1, the grid was ~20 nats,
     40-50% of its cells, longer.)
+
+    `ks` may be bounds of a bucket of K: a row's regular cells cover log w in
+    (-log t_max(K), top], with -log t_max(K) = log K - u_max + e^-u_max increasing in K, so
+    the grid down to the bottom of min(ks) covers every K >= min(ks) (cells below a row's
+    -log t_max are unused; its points there read the bottom row, decided from the traced
+    t_max). `_use_table` then only weighs the cost of that (larger) grid.
     """
     top = _CELL
     u_max = QUAD_U_MIN + (num_nodes - 1) * QUAD_STEP
@@ -334,7 +347,9 @@ def _growth_windowed(
 def _phi_cut(ks: tuple[int, ...], num_nodes: int) -> float:
     """Pairs with t_k w > this cut change phi_k by < e^-cut absolutely. Where phi_k^(K-1)
     matters, phi_k >= exp(-(u_max + margin)) (`_RELEVANT_MARGIN`), so the relative change of
-    phi_k^(K-1) is below K e^(-cut + u_max + margin) < 1e-16."""
+    phi_k^(K-1) is below K e^(-cut + u_max + margin) < 1e-16. With `ks` the bounds of a
+    bucket of K the cut is made for max(ks): the cut increases with K (the cap included), so
+    it is at least each K's own cut and drops no pair that K's own cut keeps."""
     u_max = QUAD_U_MIN + (num_nodes - 1) * QUAD_STEP
     return min(u_max + _RELEVANT_MARGIN + 37.0 + math.log(max(ks)), 740.0)
 
@@ -455,6 +470,7 @@ def _laplace_growth(
     windows: bool | None = None,
     order: Int[Array, "r n"] | None = None,
     check_spread: bool = True,
+    k_values: Float[Array, " r"] | None = None,
 ) -> Float[Array, "r n"]:
     """Exact finite-K growth factor H(x) = E[K w(x) / (w(x) + sum_{j<K} w(y_j))], y_j ~ p.
 
@@ -471,11 +487,20 @@ def _laplace_growth(
     not increase with k and a node with t_j w in [e^-0.39, 1] exists, so they add < 2e-17
     relative). The points then cost a gather and a Horner sum each instead of Q exponentials.
     `phi_mode`, `table` and `windows` override the static choices (tests). `check_spread=False`
-    drops the run-time check of the spread (already checked at construction).
+    drops the run-time check of the spread (already checked at construction). `k_values`:
+    the rows' K as an array (traced), `ks` then being the upper bounds of their buckets
+    (`canonical_k`), so that one compiled program serves every K of the buckets.
     """
     dtype = s.dtype
     r, n = s.shape
-    k = jnp.asarray(ks, dtype=dtype)
+    if k_values is None:
+        k = jnp.asarray(ks, dtype=dtype)
+    else:
+        k = k_values.astype(dtype)
+        # From here on `ks` only makes static choices, each through min(ks) and max(ks) and
+        # valid for every K between them (`_phi_mode`, `_table_cells`, `_phi_cut`): the
+        # buckets' bounds serve every K inside them.
+        ks = tuple(b for hi in ks for b in k_bucket_bounds(hi))
     spread = jnp.max(s, axis=-1) - jnp.min(s, axis=-1)
     covered = spread_for_nodes(num_nodes)
     # The checks hang on the small `k`: an error_if on the (r, n) rewards would copy them.
@@ -636,6 +661,7 @@ def _grouped_growths(p: Array, problem: CurationProblem, mixed: bool) -> Array:
             problem.quadrature_nodes,
             order=problem.finite_order,
             check_spread=not problem.spread_checked,
+            k_values=None if problem.k_values is None else problem.k_values[idx],
         )
         parts.append(alpha[idx] @ h if mixed else h)
     order = list(groups.infinite) + list(groups.one) + list(groups.finite)
@@ -717,7 +743,7 @@ class CurationMap(AbstractReplicatorMap):
         """
         if self.checked:
             p = _check_p(p, args)
-        return _growth(p, args)
+        return _growth(p, canonical_k(args))
 
     def __call__(self, p: Float[ArrayLike, " n"], args: CurationProblem) -> Float[Array, " n"]:
         """One retraining round: `p -> reference_weight * reference +
@@ -745,7 +771,7 @@ class CurationMap(AbstractReplicatorMap):
         """
         if self.checked:
             p = _check_p(p, args)
-        return _curate(p, args)
+        return _curate(p, canonical_k(args))
 
 
 def unchecked_map(fn: Any) -> Any:
@@ -809,7 +835,7 @@ def growth(p: Float[ArrayLike, " n"], problem: CurationProblem) -> Float[Array, 
         ```
     """
     p = _check_p(p, problem)
-    return _growth(p, problem)
+    return _growth(p, canonical_k(problem))
 
 
 def trajectory(
@@ -836,7 +862,7 @@ def trajectory(
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"`rounds` must be a non-negative int, got {rounds!r}.")
     p0 = _check_p(p0, problem, "p0")
-    return _trajectory(p0, problem, rounds)
+    return _trajectory(p0, canonical_k(problem), rounds)
 
 
 @eqx.filter_jit
@@ -872,7 +898,7 @@ def expected_exp_rewards(p: Float[ArrayLike, " n"], problem: CurationProblem) ->
         ```
     """
     p = _check_p(p, problem)
-    return _expected_exp_rewards(p, problem)
+    return _expected_exp_rewards(p, canonical_k(problem))
 
 
 @eqx.filter_jit
@@ -904,7 +930,7 @@ def potential(p: Float[ArrayLike, " n"], problem: CurationProblem) -> Float[Arra
         ```
     """
     p = _check_p(p, problem)
-    return _potential(p, problem)
+    return _potential(p, canonical_k(problem))
 
 
 @eqx.filter_jit
@@ -938,7 +964,7 @@ def fw_gap(p: Float[ArrayLike, " n"], problem: CurationProblem) -> Float[Array, 
         ```
     """
     p = _check_p(p, problem)
-    return _fw_gap(p, problem)
+    return _fw_gap(p, canonical_k(problem))
 
 
 @eqx.filter_jit

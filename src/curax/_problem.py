@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -282,6 +283,31 @@ def reward_groups(ks: tuple[int | None, ...]) -> RewardGroups:
     )
 
 
+# Finite K >= 2 in buckets that share compiled code: K - 1 in [1, 64] (the finite-K map's
+# "direct" formula for phi, whose error grows like K - 1, serves all of them), then K - 1 in
+# (2^j, 2^(j + 1)] for j >= 6. The finite-K map's static choices are made from a bucket's
+# bounds and hold for every K inside it (see `_laplace_growth` in _maps.py).
+_DIRECT_BUCKET_HI = 65
+
+
+def k_bucket(k: int) -> tuple[int, int]:
+    """The bucket `(lo, hi)` of a finite K >= 2: the Ks, `lo <= K <= hi`, whose finite-K map
+    is one compiled program (`[2, 65]`, then `K - 1` in `(2^j, 2^(j+1)]`: `[66, 129]`,
+    `[130, 257]`, ...)."""
+    if k - 1 <= _DIRECT_BUCKET_HI - 1:
+        return 2, _DIRECT_BUCKET_HI
+    top = 1 << (k - 2).bit_length()  # smallest power of two >= k - 1
+    return top // 2 + 2, top + 1
+
+
+def k_bucket_bounds(hi: int) -> tuple[int, int]:
+    """`(lo, hi)` of the bucket whose upper bound is `hi` (as `canonical_k` stores it)."""
+    lo, top = k_bucket(hi)
+    if top != hi:
+        raise ValueError(f"{hi} is not the upper bound of a bucket of K.")
+    return lo, hi
+
+
 def _normalise_k(k: Any, m: int) -> int | None | tuple[int | None, ...]:
     def one(kk: Any, where: str) -> int | None:
         if kk is None or (isinstance(kk, float) and math.isinf(kk)):
@@ -324,7 +350,14 @@ class CurationProblem(eqx.Module):
     - `rewards`: `Float[Array, "m n"]`, one reward per row (a 1-D array is one reward).
     - `weights`: `Float[Array, " m"]`, the probability of each reward (curator type), alpha.
     - `k`: candidates per round: a positive int, `None` for K -> infinity, or a tuple of
-        those, one per reward row. Static (it changes the computation, not just the data).
+        those, one per reward row. Static (it changes the computation, not just the data),
+        but curax's entry points compile one program per *bucket* of finite K, not per K:
+        K from 2 to 65, then K - 1 in (64, 128], (128, 256], ... (K = 1 and K = infinity
+        are buckets of their own). Solving for K = 2, 3, 5 and 8 compiles once.
+    - `k_values`: `Float[Array, " m"]` or `None`: the K of each reward row as a traced
+        value (infinity for K = infinity). `None` for a problem as constructed (K is read
+        from the static `k`); curax's entry points set it, on a copy whose static `k` holds
+        each finite K's bucket, before their `jit`, and never return that copy.
     - `temperature`: `Float[Array, ""]` or `Float[Array, " m"]`; rewards enter as
         `rewards / temperature`.
     - `reference`: `Float[Array, " n"]` or `None`, the real-data distribution.
@@ -379,6 +412,7 @@ class CurationProblem(eqx.Module):
     reference_weight: Float[Array, ""]
     tilt_weights: Float[Array, "r n"] | None
     finite_order: Int[Array, "f n"] | None
+    k_values: Float[Array, " m"] | None
     k: int | None | tuple[int | None, ...] = eqx.field(static=True)
     quadrature_nodes: int = eqx.field(static=True)
     narrow: bool | None = eqx.field(static=True)
@@ -477,6 +511,7 @@ class CurationProblem(eqx.Module):
         self.reference = reference
         self.reference_weight = reference_weight
         self.k = k
+        self.k_values = None
         infinite = reward_groups(ks).infinite
         if infinite:
             t = temperature[jnp.array(infinite)][:, None] if temperature.ndim else temperature
@@ -508,7 +543,8 @@ class CurationProblem(eqx.Module):
 
     @property
     def ks(self) -> tuple[int | None, ...]:
-        """K for each reward row (`None` = infinity)."""
+        """K for each reward row (`None` = infinity); with `k_values` set, the upper bound of
+        each finite K's bucket."""
         return self.k if isinstance(self.k, tuple) else (self.k,) * self.num_rewards
 
     @property
@@ -548,6 +584,34 @@ class CurationProblem(eqx.Module):
     def uniform(self) -> Float[Array, " n"]:
         """The uniform distribution on the support (a full-support starting point)."""
         return jnp.full((self.size,), 1.0 / self.size, self.rewards.dtype)
+
+
+def canonical_k(problem: Any) -> Any:
+    """The problem that curax's jitted kernels receive, so that one compiled program serves
+    every finite K of a bucket ([`k_bucket`][]): the static `k` holds each finite K's bucket
+    (its upper bound), and `k_values` the true K values as an array (a traced value inside
+    `jit`). K = 1 and K = infinity stay as they are: the map's structure
+    ([`reward_groups`][]) is the same for the copy. Anything that is not a problem, a problem
+    without finite K >= 2, or one already canonical is returned unchanged.
+
+    Only for computations that use K as a number (the maps and the solvers and certificates
+    built on them); sampling draws K candidates, a shape, and keeps the static K. Never hand
+    the copy back to a user: its `k` is not theirs."""
+    if not isinstance(problem, CurationProblem) or problem.k_values is not None:
+        return problem
+    ks = problem.ks
+    if not any(kk is not None and kk > 1 for kk in ks):
+        return problem
+    buckets = tuple(kk if kk is None or kk == 1 else k_bucket(kk)[1] for kk in ks)
+    values = np.array([np.inf if kk is None else kk for kk in ks], dtype=problem.rewards.dtype)
+    # A copy with a new static field: eqx.tree_at only replaces leaves. (This is how
+    # equinox itself rebuilds modules when unflattening: no __init__, fields set directly.)
+    new = object.__new__(CurationProblem)
+    for field in dataclasses.fields(problem):
+        object.__setattr__(new, field.name, getattr(problem, field.name))
+    object.__setattr__(new, "k", buckets[0] if len(set(buckets)) == 1 else buckets)
+    object.__setattr__(new, "k_values", jnp.asarray(values))
+    return new
 
 
 def reference_weight_from_ratio(ratio: ArrayLike) -> Array:

@@ -8,7 +8,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Complex, Float, Int
 
 from ._maps import AbstractReplicatorMap, curate, CurationMap, unchecked_map
-from ._problem import check_input_distribution, CurationProblem
+from ._problem import canonical_k, check_input_distribution, CurationProblem
 from ._solver._misc import to_simplex
 
 
@@ -186,4 +186,8 @@ def stability(
     if not jnp.issubdtype(p.dtype, jnp.floating):
         p = p.astype(jnp.result_type(float))
     p = to_simplex(check_input_distribution(p, p.shape[0], "p", p.dtype))
+    if isinstance(fn, CurationMap):
+        # curax's map reads K only as a number: one program per bucket of K. (A user's map
+        # may read `args.k` itself, so its args are left alone.)
+        problem = canonical_k(problem)
     return _stability(p, problem, fn, support_tol, tol, krylov_dim)

@@ -11,7 +11,13 @@ from jaxtyping import Array, Float
 from ._fixed_point import fixed_point
 from ._maps import CurationMap, mixed_growth
 from ._nash import _mixing_fixed_point, checked_reference_weight, nash_solution
-from ._problem import check_distribution, CurationProblem, is_concrete, simplex_tolerance
+from ._problem import (
+    canonical_k,
+    check_distribution,
+    CurationProblem,
+    is_concrete,
+    simplex_tolerance,
+)
 from ._solution import RESULTS, Solution, throw_if_failed
 from ._solver import ActiveSetNewton, NewtonKrylov, SQUAREM
 from ._solver._misc import to_simplex
@@ -203,6 +209,8 @@ def stable_point(
         grid_shape = tuple(int(g) for g in grid_shape)
     if method == "mixing_fixed_point":
         problem = checked_reference_weight(problem)
+    # One compiled solve for every finite K of a bucket; the Solution holds no problem.
+    problem = canonical_k(problem)
     kwargs = dict(method=method, tol=float(tol), max_steps=max_steps, grid_shape=grid_shape)
     finite_k = method in ("active_set_newton", "squarem_newton")
     if finite_k and is_concrete(*jax.tree.leaves(eqx.filter((problem, p0), eqx.is_array))):

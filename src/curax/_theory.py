@@ -37,7 +37,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from ._maps import _potential, _trajectory, curate, growth, potential, trajectory
-from ._problem import CurationProblem
+from ._problem import canonical_k, CurationProblem
 from ._stability import stability
 
 
@@ -520,7 +520,8 @@ def check_monotonicity(
     ps = trajectory(p0, problem, rounds)
     # The rows are the map's own outputs: the unchecked kernel (a `vmap` of the public
     # function would trace its checks into an `eqx.error_if` program, never cached).
-    phi = np.asarray(jax.vmap(lambda p: _potential(p, problem))(ps))
+    canonical = canonical_k(problem)
+    phi = np.asarray(jax.vmap(lambda p: _potential(p, canonical))(ps))
     drops = phi[:-1] - phi[1:]
     worst = float(drops.max()) if drops.size else 0.0
     tol = rtol * max(1.0, float(np.abs(phi).max()))
@@ -1081,7 +1082,8 @@ def check_real_data_stability(
     # unchecked kernel (see above).
     starts = jr.exponential(key, (num_starts, n), dtype)
     starts = jnp.concatenate([problem.uniform()[None], starts / starts.sum(1, keepdims=True)])
-    runs = np.asarray(jax.vmap(lambda p: _trajectory(p, problem, rounds))(starts))
+    canonical = canonical_k(problem)
+    runs = np.asarray(jax.vmap(lambda p: _trajectory(p, canonical, rounds))(starts))
     limits = runs[:, -1]
     spread = float(np.max(np.abs(limits[:, None] - limits[None]).sum(-1)))
     # Empirical contraction rate: geometric fit of the L1 step sizes from the uniform start.
@@ -1256,7 +1258,8 @@ def finite_k_convergence(
     - `tol`: the certificate's tolerance. Keyword only argument.
     - `rounds`, `max_chunks`: the dynamics' settings. Keyword only arguments.
     - `check_stability`: classify each finite-K point with [`curax.stability`][] (one
-        compilation per K). Keyword only argument.
+        compilation per bucket of K, see [`curax.CurationProblem`][]). Keyword only
+        argument.
     - `max_steps`: step limit of the stable-point solver. Keyword only argument.
     - `quadrature_nodes`: finite K's quadrature size (default: from the reward spread); fix
         it to share compiled code with other studies of the same shapes. Keyword only
@@ -1481,7 +1484,8 @@ def phase_diagram(
     start), its atoms ([`curax.theory.atoms`][]), its shape
     ([`curax.theory.classify_stable_point`][]) and its stability radius
     ([`curax.stability`][]). All points share one grid (`[-h, h]`, `h = max separation / 2
-    + 2`) and one quadrature size, so each K compiles once. The default grid (separations
+    + 2`) and one quadrature size, so each bucket of K compiles once (K = 2 to 65 is one
+    bucket, see [`curax.CurationProblem`][]). The default grid (separations
     0.25 to 4 in steps of 0.25) runs from one compromise atom to two basins.
 
     **Arguments:**
