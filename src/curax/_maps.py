@@ -62,6 +62,9 @@ _WINDOW_MIN_NODES = 64
 _RHO2 = 2.0
 _CHEB2 = 16
 _WINDOW2 = 16
+# The points' own order is kept when its blocks need on average at most this many nodes summed
+# point by point (see `_order_pays`).
+_ORIGINAL_NEED = 4.0
 
 
 def _exp_cap(dtype: Any) -> float:
@@ -276,6 +279,40 @@ def _clenshaw(a: Float[Array, "... m"], x: Float[Array, "... c"]) -> Float[Array
     return a[..., :1] + x * b1 - b2
 
 
+def _block_size(n: int) -> int:
+    """Points per block of the windowed passes: _WINDOW_POINTS, or the largest divisor of `n`
+    not below half of it (n = 1e6: 1000), so that the blocks are a reshape and not a padded
+    copy of the (r, n) arrays (one fresh (r, n) buffer costs as much as a few passes)."""
+    if n <= _WINDOW_POINTS:
+        return n
+    for size in range(_WINDOW_POINTS, _WINDOW_POINTS // 2 - 1, -1):
+        if n % size == 0:
+            return size
+    return _WINDOW_POINTS
+
+
+def _order_pays(
+    log_w: Float[Array, "r n"], p: Float[Array, " n"], t: Float[Array, "r q"]
+) -> Array:
+    """Whether pass 1 and 2 should gather the points into the problem's reward order: False
+    when blocks of consecutive points in their own order are already narrow (smooth rewards
+    on a grid), i.e. need on average at most _ORIGINAL_NEED nodes summed point by point
+    (t_k delta > _RHO1). Gathering costs two (r, n) gathers and a scatter, each like several
+    passes over E; the map is the same either way (exact to rounding), only its cost differs."""
+    r, n = log_w.shape
+    chunk = _block_size(n)
+    nb = -(-n // chunk)
+    pad = [(0, 0), (0, nb * chunk - n)]
+    lw = jnp.pad(log_w, pad, mode="edge").reshape(r, nb, chunk)
+    zero = jnp.pad(p == 0, pad[1:], constant_values=True).reshape(nb, chunk)
+    far = 1e300 * zero.astype(lw.dtype)
+    lmax = jnp.max(lw - far, axis=-1)
+    lmin = jnp.min(lw + far, axis=-1)
+    delta = jnp.where(lmax < -1e299, 0.0, jnp.exp(lmax) - jnp.exp(lmin))  # (r, nb)
+    need = jnp.sum(t[:, None, :] * delta[..., None] > _RHO1, axis=-1)
+    return jnp.mean(need) > _ORIGINAL_NEED
+
+
 def _needy_groups(
     k_lo: Int[Array, "r b"], k_hi: Int[Array, "r b"]
 ) -> tuple[Int[Array, "g G"], Int[Array, "g G"], Int[Array, "g G"]]:
@@ -302,10 +339,10 @@ def _growth_windowed(
     log_ws: Float[Array, "r n"],
     a: Float[Array, "r q"],
     t: Float[Array, "r q"],
-    order: Int[Array, "r n"],
+    order: Int[Array, "r n"] | None = None,
 ) -> Float[Array, "r n"]:
-    """Pass 2, H(x) / K = sum_k a_k t_k w e^{-t_k w}, on points ordered by reward (`log_ws`
-    is log w in the order `order`; the result is in the original order). Per block of
+    """Pass 2, H(x) / K = sum_k a_k t_k w e^{-t_k w}, on blocks of consecutive points
+    (`log_ws` is log w in the order `order`, if given; the result is in the original order). Per block of
     consecutive points and reward, w in [w_lo, w_lo + delta]: nodes with t_k delta <= _RHO2
     by Chebyshev interpolation in w of s(w) = sum_k a_k t_k e^{-t_k w} on the block's range
     from _CHEB2 points; nodes with t_k w_lo > _TAIL dropped (as for the tables, < 2e-17
@@ -320,7 +357,7 @@ def _growth_windowed(
     r, n = log_ws.shape
     q = t.shape[1]
     dtype = t.dtype
-    chunk = min(n, _WINDOW_POINTS)
+    chunk = _block_size(n)
     nb = -(-n // chunk)
     # Edge padding: the padded points repeat the last one, so they widen no block's range.
     lw = jnp.pad(log_ws, [(0, 0), (0, nb * chunk - n)], mode="edge").reshape(r, nb, chunk)
@@ -328,7 +365,9 @@ def _growth_windowed(
     nodes = jnp.arange(q)[None, None, :]
     lmax = jnp.max(lw, axis=-1)  # (r, nb)
     lmin = jnp.min(lw, axis=-1)
-    w = lax.optimization_barrier(jnp.exp(lw))
+    # Not materialised: the exponential fuses into the Clenshaw sum (one per point) and into
+    # the gathered rows of the exact windows.
+    w = jnp.exp(lw)
     w_lo = jnp.exp(lmin)
     delta = jnp.maximum(jnp.exp(lmax) - w_lo, 0.0)
     k_lo = jnp.sum(t[:, None, :] * delta[..., None] <= _RHO2, axis=-1)
@@ -378,6 +417,8 @@ def _growth_windowed(
 
     h = lax.fori_loop(0, ids.shape[0], each, h)
     h = h.reshape(r, nb * chunk)[:, :n]
+    if order is None:
+        return h
     return jax.vmap(lambda hr, o: jnp.zeros_like(hr).at[o].set(hr))(h, order)
 
 
@@ -440,11 +481,13 @@ def _phi_windowed(
     (`_needy_groups`). `p` is `(n,)` or, for points ordered per row, `(r, n)`."""
     r, n = log_wq.shape
     q = t.shape[1]
-    chunk = min(n, _WINDOW_POINTS)
+    chunk = _block_size(n)
     nb = -(-n // chunk)
     pad = [(0, 0), (0, nb * chunk - n)]
     lw = jnp.pad(log_wq, pad).reshape(r, nb, chunk)
-    pb = jnp.pad(jnp.broadcast_to(p, (r, n)), pad).reshape(r, nb, chunk)
+    # One row of p for every reward (not broadcast: an (r, n) copy costs like a few passes).
+    pr = 1 if p.ndim == 1 else r
+    pb = jnp.pad(p.reshape(pr, n), pad).reshape(pr, nb, chunk)
     log_t = jnp.log(t)[:, None, :]  # (r, 1, q)
     nodes = jnp.arange(q)
     rounds = -(-q // _WINDOW)
@@ -452,21 +495,23 @@ def _phi_windowed(
         f for f, on in ((jnp.exp, mode in ("direct", "both")), (jnp.expm1, mode != "direct")) if on
     ]
 
-    on = pb > 0
-    lmax = jnp.max(jnp.where(on, lw, -jnp.inf), axis=-1)  # (r, nb)
-    lmin = jnp.min(jnp.where(on, lw, jnp.inf), axis=-1)
-    empty = ~jnp.isfinite(lmax)
+    # The block's range over its points with mass. (A select inside a reduction is ~5x
+    # slower on the CPU than the additive mask; log w <= 0 is far above -1e300.)
+    far = lax.optimization_barrier(1e300 * (pb == 0).astype(lw.dtype))  # (1 or r, nb, chunk)
+    lmax = jnp.max(lw - far, axis=-1)  # (r, nb)
+    lmin = jnp.min(lw + far, axis=-1)
+    empty = lmax < -1e299
     lmax = jnp.where(empty, 0.0, lmax)
     lmin = jnp.where(empty, 0.0, lmin)
     # Materialised (a barrier), else XLA fuses the exponential into every node's sum.
-    w = lax.optimization_barrier(jnp.where(on, jnp.exp(lw), 0.0))
+    w = lax.optimization_barrier(jnp.exp(lw))
     w_lo = jnp.exp(lmin)
     delta = jnp.maximum(jnp.exp(lmax) - w_lo, 0.0)
     k_lo = jnp.where(empty, q, jnp.sum(t[:, None, :] * delta[..., None] <= _RHO1, axis=-1))
     k_hi = jnp.maximum(jnp.sum(log_t + lmin[..., None] <= math.log(cut), axis=-1), k_lo)
-    mass = jnp.sum(pb, axis=-1)[..., None]  # (r, nb, 1)
-    # Offsets within the block, in [0, delta] (points without mass contribute nothing).
-    d = jnp.where(on, jnp.clip(w - w_lo[..., None], 0.0, delta[..., None]), 0.0)
+    mass = jnp.broadcast_to(jnp.sum(pb, axis=-1)[..., None], (r, nb, 1))
+    # Offsets within the block, in [0, delta] (points without mass, clipped, add nothing).
+    d = jnp.clip(w - w_lo[..., None], 0.0, delta[..., None])
     th = t[:, None, :] * _chebyshev_low(d, pb, delta, t)  # (r, nb, q)
     shift = -t[:, None, :] * w_lo[..., None]
     e_lo = jnp.exp(shift)
@@ -479,12 +524,12 @@ def _phi_windowed(
 
     ids, g_lo, g_hi = _needy_groups(k_lo, k_hi)
     w_f = w.reshape(r * nb, chunk)
-    p_f = pb.reshape(r * nb, chunk)
+    p_f = pb.reshape(pr * nb, chunk)
     rows_f = jnp.repeat(jnp.arange(r), nb)
 
     def group(g, acc):
         blocks = ids[g]
-        wg, pg = w_f[blocks], p_f[blocks]  # (G, chunk)
+        wg, pg = w_f[blocks], p_f[blocks % (pr * nb)]  # (G, chunk)
         rows = rows_f[blocks]
         tg = t[rows]  # (G, q)
         lo, hi = g_lo[g], g_hi[g]
@@ -627,14 +672,19 @@ def _laplace_growth(
             and (num_nodes >= _WINDOW_MIN_NODES or order is not None)
         )
     if windows:
+        cut = _phi_cut(ks, num_nodes)
         if order is None:
-            lw1, p1 = log_wq, p
+            sums = _phi_windowed(log_wq, p, t, mode, cut)
         else:
             # The sums over the points do not depend on their order; sorted by reward, each
-            # block of points sees few nodes whatever the rewards' geometry.
-            lw1 = _permute_rows(log_wq, order)
-            p1 = p[order]
-        sums = _phi_windowed(lw1, p1, t, mode, _phi_cut(ks, num_nodes))
+            # block of points sees few nodes whatever the rewards' geometry. Where the points'
+            # own blocks are already narrow, the gathers would cost more than they save.
+            sort = _order_pays(log_wq, p, t)
+            sums = lax.cond(
+                sort,
+                lambda: _phi_windowed(_permute_rows(log_wq, order), p[order], t, mode, cut),
+                lambda: _phi_windowed(log_wq, p, t, mode, cut),
+            )
     else:
         sums, _ = lax.scan(pass1, init, (x_blocks, p_blocks))
     if mode == "direct":
@@ -664,7 +714,11 @@ def _laplace_growth(
     # Pass 2: H(x) = K sum_k a_k (t_k w(x)) e^{-t_k w(x)}.
     # Ordered points: the blocked pass 2 (no table), unless a test asks for the tables.
     if windows and order is not None and not table:
-        h = _growth_windowed(_permute_rows(log_wq, order), a, t, order)
+        h = lax.cond(
+            sort,
+            lambda: _growth_windowed(_permute_rows(log_wq, order), a, t, order),
+            lambda: _growth_windowed(log_wq, a, t),
+        )
     elif use_table:
         top, cells = _table_cells(ks, num_nodes)
         log_tmax = log_t[:, -1]
