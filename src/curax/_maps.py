@@ -304,7 +304,7 @@ def _order_pays(
     nb = -(-n // chunk)
     pad = [(0, 0), (0, nb * chunk - n)]
     lw = jnp.pad(log_w, pad, mode="edge").reshape(r, nb, chunk)
-    zero = jnp.pad(p == 0, pad[1:], constant_values=True).reshape(nb, chunk)
+    zero = jnp.pad(p == 0, pad[1:], constant_values=True).reshape(1, nb, chunk)
     far = 1e300 * zero.astype(lw.dtype)
     lmax = jnp.max(lw - far, axis=-1)
     lmin = jnp.min(lw + far, axis=-1)
@@ -438,7 +438,7 @@ def _permute_rows(x: Float[Array, "r n"], order: Int[Array, "r n"]) -> Float[Arr
 
 def _chebyshev_low(
     d: Float[Array, "r b c"],
-    pb: Float[Array, "r b c"],
+    pb: Float[Array, "#r b c"],
     delta: Float[Array, "r b"],
     t: Float[Array, "r q"],
 ) -> Float[Array, "r b q"]:
