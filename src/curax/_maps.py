@@ -291,9 +291,7 @@ def _block_size(n: int) -> int:
     return _WINDOW_POINTS
 
 
-def _order_pays(
-    log_w: Float[Array, "r n"], p: Float[Array, " n"], t: Float[Array, "r q"]
-) -> Array:
+def _order_pays(log_w: Float[Array, "r n"], p: Float[Array, " n"], t: Float[Array, "r q"]) -> Array:
     """Whether pass 1 and 2 should gather the points into the problem's reward order: False
     when blocks of consecutive points in their own order are already narrow (smooth rewards
     on a grid), i.e. need on average at most _ORIGINAL_NEED nodes summed point by point
@@ -342,8 +340,8 @@ def _growth_windowed(
     order: Int[Array, "r n"] | None = None,
 ) -> Float[Array, "r n"]:
     """Pass 2, H(x) / K = sum_k a_k t_k w e^{-t_k w}, on blocks of consecutive points
-    (`log_ws` is log w in the order `order`, if given; the result is in the original order). Per block of
-    consecutive points and reward, w in [w_lo, w_lo + delta]: nodes with t_k delta <= _RHO2
+    (`log_ws` is log w in the order `order`, if given; the result is in the original order).
+    Per block and reward, w in [w_lo, w_lo + delta]: nodes with t_k delta <= _RHO2
     by Chebyshev interpolation in w of s(w) = sum_k a_k t_k e^{-t_k w} on the block's range
     from _CHEB2 points; nodes with t_k w_lo > _TAIL dropped (as for the tables, < 2e-17
     relative); the rest exactly, _WINDOW2 nodes at a time, in the blocks that have them.
