@@ -584,3 +584,172 @@ def test_ordered_paths_differentiate_like_the_dense_quadrature():
     g_fast, g_dense = g_fast - jnp.mean(g_fast), g_dense - jnp.mean(g_dense)
     scale = float(jnp.max(jnp.abs(g_dense)))
     np.testing.assert_allclose(np.asarray(g_fast), np.asarray(g_dense), rtol=0, atol=1e-12 * scale)
+
+
+def _quadratic_spread(key, n, m, spread):
+    # The benchmark's "quadratic, spread s" family: 1-D quadratic rewards with random centres,
+    # rescaled to span exactly `spread` nats (smooth: consecutive points have close rewards).
+    x = jnp.linspace(-1.0, 1.0, n)
+    c = jr.uniform(key, (m, 1), minval=-1.0, maxval=1.0)
+    r = -((x[None, :] - c) ** 2)
+    lo, hi = r.min(axis=1, keepdims=True), r.max(axis=1, keepdims=True)
+    return spread * (r - lo) / (hi - lo)
+
+
+def _random_p(key, n, support):
+    # Random p with full support, or with a random `support` fraction of the points.
+    k1, k2 = jr.split(key)
+    p = jr.dirichlet(k1, jnp.ones(n))
+    if support < 1.0:
+        p = jnp.where(jr.uniform(k2, (n,)) < support, p, 0.0)
+    return p / jnp.sum(p)
+
+
+def test_block_interpolants_meet_their_bounds():
+    # The two interpolants of the windowed passes at their worst case, every node at the top
+    # of its range (t_k delta = rho): pass 1's Chebyshev interpolant in t of
+    # sum p expm1(-t (w - w_lo)) / t (bound 8.8e-19 relative at rho = 0.1, 8 points) and pass
+    # 2's interpolant in w of sum_k a_k t_k e^{-t_k w} (1.1e-17 at rho = 2, 16 points),
+    # against the sums in extended precision. With rho = 1 for 8 points the first bound is
+    # 1.3e-10; rho = 4 for 16 points gives 1.3e-12: an error in either bound shows here.
+    from curax._maps import _chebyshev_low, _growth_windowed, _RHO1, _RHO2
+
+    rng = np.random.default_rng(0)
+    c, q = 1000, 12
+    for w_lo, delta in [(0.3, 0.05), (1e-6, 0.9), (0.999, 1e-3)]:
+        w = w_lo + delta * np.sort(rng.uniform(size=c))
+        w[0], w[-1] = w_lo, w_lo + delta
+        p = rng.dirichlet(np.ones(c))
+        p[rng.uniform(size=c) < 0.3] = 0.0
+        t = (_RHO1 / delta) * np.sort(np.concatenate([[1.0], rng.uniform(size=q - 1)]))
+        d = w - w_lo
+        h = _chebyshev_low(
+            jnp.asarray(d)[None, None],
+            jnp.asarray(p)[None, None],
+            jnp.asarray([[delta]]),
+            jnp.asarray(t)[None],
+        )[0, 0]
+        ld = np.asarray(d, np.longdouble)
+        exact = np.array(
+            [np.sum(p * np.expm1(-tk * ld)) / tk for tk in np.asarray(t, np.longdouble)]
+        )
+        np.testing.assert_allclose(np.asarray(h), exact.astype(np.float64), rtol=1e-14, atol=0)
+
+        t2 = (_RHO2 / delta) * np.sort(np.concatenate([[1.0], rng.uniform(size=q - 1)]))
+        a = rng.uniform(0.1, 1.0, q)
+        g = _growth_windowed(
+            jnp.log(jnp.asarray(w))[None], jnp.asarray(a)[None], jnp.asarray(t2)[None]
+        )[0]
+        lw_, lt, la = (np.asarray(v, np.longdouble) for v in (w, t2, a))
+        exact2 = np.sum(la[:, None] * lt[:, None] * lw_[None] * np.exp(-lt[:, None] * lw_[None]), 0)
+        np.testing.assert_allclose(np.asarray(g), exact2.astype(np.float64), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("k", [2, 4, 64, 65, 300])
+@pytest.mark.parametrize("support", [1.0, 0.2])
+def test_spread_one_family_matches_dense_quadrature(k, support, getkey):
+    # The benchmark's spread-1 family (Q = 28 < 64 nodes: the windowed passes run because the
+    # problem caches a point order) with random p, full and sparse support, against the
+    # dense two-formula quadrature: through `reward_growths` (the run-time choice of order)
+    # and both orders explicitly (the points' own: no order given). K = 2, 4, 64, 65 sum phi
+    # directly, 300 the expm1 sums: both formulas of `_chebyshev_low` are checked.
+    from curax._maps import _laplace_growth, reward_growths
+
+    n, m = 6000, 3
+    s = _quadratic_spread(getkey(), n, m, 1.0)
+    problem = curax.CurationProblem(s, k=k)
+    q = problem.quadrature_nodes
+    assert q < 64
+    p = _random_p(getkey(), n, support)
+    dense = _laplace_growth(s, p, (k,) * m, q, phi_mode="both", table=False, windows=False)
+    for g in (
+        reward_growths(p, problem),
+        _laplace_growth(s, p, (k,) * m, q, windows=True),
+        _laplace_growth(s, p, (k,) * m, q, windows=True, order=problem.finite_order),
+    ):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(dense), rtol=1e-12, atol=0)
+
+
+def test_order_choice_follows_block_widths(getkey):
+    # The run-time choice between the points' own order and the cached order by reward: kept
+    # for the smooth spread-1 family at the benchmark's n = 1e6 (blocks of 1,000 grid points
+    # span ~0.002 nats), gathered for random labels with full support (own blocks span the
+    # whole range), kept for three atoms (no block holds two rewards).
+    from curax._maps import _order_pays
+
+    def pays(s, p, k):
+        u = -3.362916422617345 + 0.3 * jnp.arange(curax.nodes_for_spread(3.0), dtype=jnp.float64)
+        t = jnp.exp(-jnp.log(1.0 * k) + u - jnp.exp(-u))[None].repeat(s.shape[0], 0)
+        return bool(_order_pays(s - jnp.max(s, axis=1, keepdims=True), p, t))
+
+    smooth = _quadratic_spread(getkey(), 1_000_000, 2, 1.0)
+    assert not pays(smooth, _random_p(getkey(), 1_000_000, 1.0), 4)
+    n = 200_000
+    labels = jr.uniform(getkey(), (2, n), minval=0.0, maxval=3.0)
+    assert pays(labels, _random_p(getkey(), n, 1.0), 4)
+    atoms = jnp.zeros(n).at[jnp.array([0, 5000, 150_000])].set(jnp.array([0.5, 0.3, 0.2]))
+    assert not pays(labels, atoms, 4)
+
+
+@pytest.mark.parametrize("k", [2, 4, 64, 65, 300])
+@pytest.mark.parametrize("spread", [0.1, 1.0, 3.0])
+def test_windowed_paths_match_multinomial_sum_narrow_spreads(k, spread):
+    # Narrow random labels (spreads 0.1 to 3 nats, Q = 25 to 35), three atoms: the exact
+    # multinomial sum at every label against both windowed orders, the labels' own (wide
+    # blocks: most nodes summed point by point, in groups of needy blocks) and the cached
+    # order by reward (as `curax.curate` passes it; the map then chooses at run time).
+    from curax._maps import _laplace_growth
+
+    n = 4000
+    r, p, atoms = _atoms_on_labels(k + int(10 * spread), n, spread, [0.5, 0.3, 0.2])
+    nodes = curax.nodes_for_spread(spread)
+    w = np.exp(r - r.max())
+    expected = multinomial_growth(p[atoms], w[atoms], w, k)
+    for order in (None, _ordered(r)):
+        g = _laplace_growth(
+            jnp.asarray(r)[None], jnp.asarray(p), (k,), nodes, windows=True, order=order
+        )
+        np.testing.assert_allclose(np.asarray(g[0]), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("family", ["spread 1", "labels"])
+def test_windowed_paths_differentiate_like_the_dense_quadrature(family, getkey):
+    # Derivatives w.r.t. p (along the simplex) and w.r.t. the rewards through both branches
+    # of the run-time order choice (points' own order for the smooth family, the cached
+    # order for labels, sparse p), against the dense rule.
+    from curax._maps import _laplace_growth
+
+    n = 3000
+    if family == "spread 1":
+        s = _quadratic_spread(getkey(), n, 2, 1.0)
+        p = _random_p(getkey(), n, 1.0)
+    else:
+        s = jr.uniform(getkey(), (2, n), minval=0.0, maxval=3.0)
+        p = _random_p(getkey(), n, 0.3)
+    problem = curax.CurationProblem(s, k=4)
+    q = problem.quadrature_nodes
+    v = jnp.where(p > 0, jr.normal(getkey(), (n,)), 0.0)
+    v = v - p * jnp.sum(v) / jnp.sum(p)
+    ds = jr.normal(getkey(), s.shape)
+
+    def fast(s, p):
+        return _laplace_growth(s, p, (4, 4), q, order=problem.finite_order)[:, ::37]
+
+    def dense(s, p):
+        kw = dict(windows=False, table=False, phi_mode="both")
+        return _laplace_growth(s, p, (4, 4), q, **kw)[:, ::37]
+
+    for args in [(s, p)]:
+        _, t_fast = jax.jvp(fast, args, (ds, v))
+        _, t_dense = jax.jvp(dense, args, (ds, v))
+        scale = float(jnp.max(jnp.abs(t_dense)))
+        np.testing.assert_allclose(
+            np.asarray(t_fast), np.asarray(t_dense), rtol=0, atol=1e-11 * scale
+        )
+    # Rewards gradient: 1e-10 of its largest entry. (At a block's extreme point, where the
+    # sorted pass 2 evaluates its interpolant at the interval's end, the measured error is
+    # ~2.4e-11 of it; the previous kernel's was 4e-12.)
+    g_fast = jax.grad(lambda s: jnp.sum(fast(s, p)))(s)
+    g_dense = jax.grad(lambda s: jnp.sum(dense(s, p)))(s)
+    scale = float(jnp.max(jnp.abs(g_dense)))
+    np.testing.assert_allclose(np.asarray(g_fast), np.asarray(g_dense), rtol=0, atol=1e-10 * scale)

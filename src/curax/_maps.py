@@ -43,18 +43,30 @@ _CELL = 0.05
 _DEGREE = 20
 _TAIL = 45.0
 # Pass 1 in blocks of _WINDOW_POINTS consecutive points (ordered by reward when the problem
-# caches the order): per block and reward only the nodes with _LOW < t_k w_max and
-# t_k w_min <= the cut are summed point by point, _WINDOW nodes at a time; below, Chebyshev
-# interpolation in t from _CHEB points (error < 1e-20 relative, see `_chebyshev_low`);
-# above, the terms are dropped (see `_phi_cut`). Below _WINDOW_MIN_NODES nodes the dense
-# pass (Q exponentials per point) costs no more.
+# caches the order). Per block and reward, with W in [W_lo, W_lo + delta] on the block: the
+# nodes with t_k delta <= _RHO1 (the "low" nodes: for ordered points nearly all of them) come
+# from a Chebyshev interpolant in t from _CHEB1 points (one exponential per point each, error
+# < 1e-18 relative, see `_chebyshev_low`); the nodes with t_k W_min > the cut are dropped (see
+# `_phi_cut`); the rest are summed point by point, _WINDOW nodes at a time, only in the
+# blocks that have such nodes (`_needy_groups`, _GROUP blocks at a time).
 _WINDOW = 24
 _WINDOW_POINTS = 1024
-_LOW = 1.0
-_CHEB = 14
+_RHO1 = 0.1
+_CHEB1 = 8
+_GROUP = 32
+# Without a point order blocks span wide reward ranges and few nodes are low: below
+# _WINDOW_MIN_NODES nodes the dense pass (Q exponentials per point) then costs no more.
 _WINDOW_MIN_NODES = 64
-# Pass 2 on ordered points: nodes with _LOW < t_k w and t_k w_min <= _TAIL, per block.
+# Pass 2 on ordered points, per block: nodes with t_k delta <= _RHO2 by a Chebyshev
+# interpolant in W from _CHEB2 points (error < 2e-17 relative, see `_growth_windowed`); nodes
+# with t_k W_min > _TAIL dropped; the rest exactly, _WINDOW2 at a time, in the blocks that
+# have them.
+_RHO2 = 2.0
+_CHEB2 = 16
 _WINDOW2 = 16
+# The points' own order is kept when its blocks need on average at most this many nodes summed
+# point by point (see `_order_pays`).
+_ORIGINAL_NEED = 4.0
 
 
 def _exp_cap(dtype: Any) -> float:
@@ -263,10 +275,9 @@ def _table_growth(
     return jnp.moveaxis(h, 0, -2).reshape(r, -1)[:, :n]
 
 
-def _chebyshev_matrix(dtype: Any) -> tuple[Array, Array]:
-    """Chebyshev points of the first kind x_i in (-1, 1) (_CHEB of them) and the matrix
-    taking values at them to the coefficients of the interpolant in T_0 .. T_{M-1}."""
-    m = _CHEB
+def _chebyshev_matrix(dtype: Any, m: int) -> tuple[Array, Array]:
+    """Chebyshev points of the first kind x_i in (-1, 1) (`m` of them) and the matrix
+    taking values at them to the coefficients of the interpolant in T_0 .. T_{m-1}."""
     theta = (2 * jnp.arange(m, dtype=dtype) + 1) * (math.pi / (2 * m))
     coef_mat = (2.0 / m) * jnp.cos(jnp.arange(m, dtype=dtype)[:, None] * theta[None, :])
     return jnp.cos(theta), coef_mat.at[0].multiply(0.5)
@@ -281,23 +292,83 @@ def _clenshaw(a: Float[Array, "... m"], x: Float[Array, "... c"]) -> Float[Array
     return a[..., :1] + x * b1 - b2
 
 
+def _block_size(n: int) -> int:
+    """Points per block of the windowed passes: _WINDOW_POINTS, or the largest divisor of `n`
+    not below half of it (n = 1e6: 1000), so that the blocks are a reshape and not a padded
+    copy of the (r, n) arrays (one fresh (r, n) buffer costs as much as a few passes)."""
+    if n <= _WINDOW_POINTS:
+        return n
+    for size in range(_WINDOW_POINTS, _WINDOW_POINTS // 2 - 1, -1):
+        if n % size == 0:
+            return size
+    return _WINDOW_POINTS
+
+
+def _order_pays(log_w: Float[Array, "r n"], p: Float[Array, " n"], t: Float[Array, "r q"]) -> Array:
+    """Whether pass 1 and 2 should gather the points into the problem's reward order: False
+    when blocks of consecutive points in their own order are already narrow (smooth rewards
+    on a grid), i.e. need on average at most _ORIGINAL_NEED nodes summed point by point
+    (t_k delta > _RHO1). Gathering costs two (r, n) gathers and a scatter, each like several
+    passes over E; the map is the same either way (exact to rounding), only its cost differs."""
+    r, n = log_w.shape
+    chunk = _block_size(n)
+    nb = -(-n // chunk)
+    pad = [(0, 0), (0, nb * chunk - n)]
+    lw = jnp.pad(log_w, pad, mode="edge").reshape(r, nb, chunk)
+    zero = jnp.pad(p == 0, pad[1:], constant_values=True).reshape(1, nb, chunk)
+    far = 1e300 * zero.astype(lw.dtype)
+    lmax = jnp.max(lw - far, axis=-1)
+    lmin = jnp.min(lw + far, axis=-1)
+    delta = jnp.where(lmax < -1e299, 0.0, jnp.exp(lmax) - jnp.exp(lmin))  # (r, nb)
+    need = jnp.sum(t[:, None, :] * delta[..., None] > _RHO1, axis=-1)
+    return jnp.mean(need) > _ORIGINAL_NEED
+
+
+def _needy_groups(
+    k_lo: Int[Array, "r b"], k_hi: Int[Array, "r b"]
+) -> tuple[Int[Array, "g G"], Int[Array, "g G"], Int[Array, "g G"]]:
+    """The blocks (flattened `(r, b)` indices) in order of decreasing k_hi - k_lo (the nodes
+    they need summed point by point), cut into groups of _GROUP, with their k_lo and k_hi; the
+    padding of the last group repeats a block with k_hi = k_lo (nothing to add). The exact
+    windows run group by group and skip groups with nothing to do, so that their cost follows
+    the blocks that need them: a few blocks straddling two bins of the point order must not
+    cost a window over every point."""
+    lo = k_lo.reshape(-1)
+    hi = k_hi.reshape(-1)
+    size = lo.shape[0]
+    group = min(_GROUP, size)
+    groups = -(-size // group)
+    idx = jnp.argsort(lo - hi)
+    idx = jnp.concatenate([idx, jnp.full((groups * group - size,), idx[-1])])
+    lo, hi = lo[idx], hi[idx]
+    hi = jnp.where(jnp.arange(groups * group) < size, hi, lo)
+    shape = (groups, group)
+    return idx.reshape(shape), lo.reshape(shape), hi.reshape(shape)
+
+
 def _growth_windowed(
     log_ws: Float[Array, "r n"],
     a: Float[Array, "r q"],
     t: Float[Array, "r q"],
-    order: Int[Array, "r n"],
+    order: Int[Array, "r n"] | None = None,
 ) -> Float[Array, "r n"]:
-    """Pass 2, H(x) / K = sum_k a_k t_k w e^{-t_k w}, on points ordered by reward (`log_ws`
-    is log w in the order `order`; the result is in the original order). Per block of
-    consecutive points and reward: nodes with t_k w_max <= _LOW by Chebyshev interpolation in
-    w of s(w) = sum_k a_k t_k e^{-t_k w} on [0, w_max] (|s^(M)| <= w_max^-M sum a_k t_k and
-    s >= e^-1 sum a_k t_k there: error <= 2 e (1/4)^M / M! relative, 2e-19 at M = 14), nodes
-    with t_k w_min > _TAIL dropped (as for the tables, < 2e-17 relative), the rest exactly,
-    _WINDOW2 nodes at a time."""
+    """Pass 2, H(x) / K = sum_k a_k t_k w e^{-t_k w}, on blocks of consecutive points
+    (`log_ws` is log w in the order `order`, if given; the result is in the original order).
+    Per block and reward, w in [w_lo, w_lo + delta]: nodes with t_k delta <= _RHO2
+    by Chebyshev interpolation in w of s(w) = sum_k a_k t_k e^{-t_k w} on the block's range
+    from _CHEB2 points; nodes with t_k w_lo > _TAIL dropped (as for the tables, < 2e-17
+    relative); the rest exactly, _WINDOW2 nodes at a time, in the blocks that have them.
+
+    Interpolation error: each term is positive, |d^M/dw^M| of node k's term is t_k^M times
+    the term, and the term varies by at most e^{t_k delta} <= e^rho over the block, so (the
+    Chebyshev remainder on an interval of length delta, 2 (delta/4)^M max|s^(M)| / M!) the
+    error is <= 2 (rho/4)^M e^rho / M! times s(w) at any point of the block: 1.1e-17 at
+    rho = 2, M = 16. (The interpolant's coefficients sum to at most e^rho times s in absolute
+    value, so Clenshaw's rounding stays a few ulps.)"""
     r, n = log_ws.shape
     q = t.shape[1]
     dtype = t.dtype
-    chunk = min(n, _WINDOW_POINTS)
+    chunk = _block_size(n)
     nb = -(-n // chunk)
     # Edge padding: the padded points repeat the last one, so they widen no block's range.
     lw = jnp.pad(log_ws, [(0, 0), (0, nb * chunk - n)], mode="edge").reshape(r, nb, chunk)
@@ -305,42 +376,60 @@ def _growth_windowed(
     nodes = jnp.arange(q)[None, None, :]
     lmax = jnp.max(lw, axis=-1)  # (r, nb)
     lmin = jnp.min(lw, axis=-1)
-    k_lo = jnp.sum(log_t + lmax[..., None] <= math.log(_LOW), axis=-1)
+    # Not materialised: the exponential fuses into the Clenshaw sum (one per point) and into
+    # the gathered rows of the exact windows.
+    w = jnp.exp(lw)
+    w_lo = jnp.exp(lmin)
+    delta = jnp.maximum(jnp.exp(lmax) - w_lo, 0.0)
+    k_lo = jnp.sum(t[:, None, :] * delta[..., None] <= _RHO2, axis=-1)
     k_hi = jnp.maximum(jnp.sum(log_t + lmin[..., None] <= math.log(_TAIL), axis=-1), k_lo)
-    w = lax.optimization_barrier(jnp.exp(lw))
     at = a * t
-    x_i, coef_mat = _chebyshev_matrix(dtype)
-    w_max = jnp.exp(lmax)
-    w_i = w_max[..., None] * ((1 + x_i) / 2)[None, None, :]  # (r, nb, M)
+    x_i, coef_mat = _chebyshev_matrix(dtype, _CHEB2)
+    w_i = w_lo[..., None] + delta[..., None] * ((1 + x_i) / 2)[None, None, :]  # (r, nb, M)
     at_low = jnp.where(nodes < k_lo[..., None], at[:, None, :], 0.0)  # (r, nb, q)
     s_i = jnp.sum(
         at_low[:, :, None, :] * jnp.exp(-t[:, None, None, :] * w_i[..., None]), axis=-1
     )  # (r, nb, M)
     coef = jnp.einsum("rbi,ji->rbj", s_i, coef_mat)
-    x = jnp.clip(2 * w / w_max[..., None] - 1, -1.0, 1.0)
-    h = w * _clenshaw(coef, x)
-    span = jnp.max(k_hi - k_lo)
-    t_b = jnp.broadcast_to(t[:, None, :], (r, nb, q))
-    at_b = jnp.broadcast_to(at[:, None, :], (r, nb, q))
+    tiny = jnp.finfo(dtype).tiny
+    x = jnp.clip(2 * (w - w_lo[..., None]) / jnp.maximum(delta, tiny)[..., None] - 1, -1.0, 1.0)
+    h = (w * _clenshaw(coef, x)).reshape(r * nb, chunk)
 
-    def window(i, h):
-        idx = k_lo[..., None] + i * _WINDOW2 + jnp.arange(_WINDOW2)[None, None, :]
-        valid = idx < k_hi[..., None]
-        idx = jnp.minimum(idx, q - 1)
-        tl = jnp.where(valid, jnp.take_along_axis(t_b, idx, axis=-1), 0.0)
-        al = jnp.where(valid, jnp.take_along_axis(at_b, idx, axis=-1), 0.0)
-        tl, al = lax.optimization_barrier((tl, al))
-        terms = al[..., None] * jnp.exp(-tl[..., None] * w[:, :, None, :])  # (r, nb, L, c)
-        return h + w * jnp.sum(terms, axis=2)
-
-    def more(i, h):
-        return lax.cond(i * _WINDOW2 < span, lambda h: window(i, h), lambda h: h, h)
-
-    h = window(0, h)
+    ids, g_lo, g_hi = _needy_groups(k_lo, k_hi)
+    w_f = w.reshape(r * nb, chunk)
+    rows = jnp.repeat(jnp.arange(r), nb)
     rounds = -(-q // _WINDOW2)
-    if rounds > 1:
-        h = lax.fori_loop(1, rounds, more, h)
+
+    def group(g, h):
+        blocks = ids[g]
+        wg = w_f[blocks]  # (G, chunk)
+        tg = t[rows[blocks]]  # (G, q)
+        atg = at[rows[blocks]]
+        lo, hi = g_lo[g], g_hi[g]
+        span = jnp.max(hi - lo)
+
+        def window(i, h):
+            idx = lo[:, None] + i * _WINDOW2 + jnp.arange(_WINDOW2)[None, :]  # (G, L)
+            valid = idx < hi[:, None]
+            idx = jnp.minimum(idx, q - 1)
+            tl = jnp.where(valid, jnp.take_along_axis(tg, idx, axis=-1), 0.0)
+            al = jnp.where(valid, jnp.take_along_axis(atg, idx, axis=-1), 0.0)
+            tl, al = lax.optimization_barrier((tl, al))
+            terms = al[..., None] * jnp.exp(-tl[..., None] * wg[:, None, :])  # (G, L, chunk)
+            return h.at[blocks].add(wg * jnp.sum(terms, axis=1))
+
+        def more(i, h):
+            return lax.cond(i * _WINDOW2 < span, lambda h: window(i, h), lambda h: h, h)
+
+        return lax.fori_loop(0, rounds, more, h)
+
+    def each(g, h):
+        return lax.cond(g_hi[g, 0] > g_lo[g, 0], lambda h: group(g, h), lambda h: h, h)
+
+    h = lax.fori_loop(0, ids.shape[0], each, h)
     h = h.reshape(r, nb * chunk)[:, :n]
+    if order is None:
+        return h
     return jax.vmap(lambda hr, o: jnp.zeros_like(hr).at[o].set(hr))(h, order)
 
 
@@ -361,28 +450,30 @@ def _permute_rows(x: Float[Array, "r n"], order: Int[Array, "r n"]) -> Float[Arr
 
 
 def _chebyshev_low(
-    lw: Float[Array, "r b c"],
-    pb: Float[Array, "r b c"],
-    w: Float[Array, "r b c"],
-    lmax: Float[Array, "r b"],
+    d: Float[Array, "r b c"],
+    pb: Float[Array, "#r b c"],
+    delta: Float[Array, "r b"],
     t: Float[Array, "r q"],
 ) -> Float[Array, "r b q"]:
-    """sum_c pb expm1(-t_k w) for every node, valid where t_k w_max <= _LOW (the low nodes):
-    h(t) = sum_c pb expm1(-t w) / t is interpolated on [0, T], T = _LOW / w_max, from its
-    values at _CHEB Chebyshev points (first kind), one exponential per point each, and
-    evaluated at the nodes by Clenshaw. With h = -sum pb w phi1(t w), phi1(s) = (1 - e^-s)/s,
-    |h^(M)| <= w_max^M sum pb w / (M + 1) and |h| >= (1 - e^-1) sum pb w on [0, T], so the
-    interpolation error is <= 2 (1/4)^M / ((M + 1)! (1 - e^-1)) relative: 1e-20 at M = 14
-    (independent of the block's range of w)."""
-    x_i, coef_mat = _chebyshev_matrix(t.dtype)
-    big_t = jnp.exp(math.log(_LOW) - lmax)  # (r, b)
+    """h(t_k) = sum_c pb expm1(-t_k d_c) / t_k for every node, valid where t_k delta <= _RHO1
+    (the low nodes), with d = w - w_lo in [0, delta] the points' offsets in their block.
+    h is interpolated on [0, T], T = _RHO1 / delta, from its values at _CHEB1 Chebyshev points
+    (first kind), one exponential per point each, and evaluated at the nodes by Clenshaw.
+    With h = -sum pb d phi1(t d), phi1(s) = (1 - e^-s)/s, |h^(M)| <= delta^M sum pb d / (M + 1)
+    and |h| >= phi1(rho) sum pb d on [0, T] (t d <= rho = _RHO1), so the interpolation error
+    (2 (T/4)^M max|h^(M)| / M!) is <= 2 (rho/4)^M rho / ((M + 1)! (1 - e^-rho)) relative:
+    8.8e-19 at rho = 0.1, M = 8, whatever the block's range. The block's sums follow without
+    cancellation: sum pb e^{-t w} = e^{-t w_lo} (mass + t h) with |t h| <= (1 - e^-rho) mass,
+    and sum pb expm1(-t w) = e^{-t w_lo} t h + mass expm1(-t w_lo), two terms of one sign."""
+    x_i, coef_mat = _chebyshev_matrix(t.dtype, _CHEB1)
+    # A block whose points share one reward (delta = 0) is exact for every node: T = t_max.
+    big_t = _RHO1 / jnp.maximum(delta, _RHO1 / t[:, -1:])  # (r, b)
     t_i = big_t[..., None] * ((1 + x_i) / 2)[None, None, :]  # (r, b, M)
     t_i = lax.optimization_barrier(t_i)
-    h_i = jnp.sum(jnp.expm1(-t_i[..., None] * w[:, :, None, :]) * pb[:, :, None, :], axis=-1)
+    h_i = jnp.sum(jnp.expm1(-t_i[..., None] * d[:, :, None, :]) * pb[:, :, None, :], axis=-1)
     a = jnp.einsum("rbi,ji->rbj", h_i / t_i, coef_mat)  # Chebyshev coefficients
     x = jnp.clip(2 * t[:, None, :] / big_t[..., None] - 1, -1.0, 1.0)  # (r, b, q)
-    h = _clenshaw(a, x)
-    return t[:, None, :] * h
+    return _clenshaw(a, x)
 
 
 def _phi_windowed(
@@ -394,20 +485,22 @@ def _phi_windowed(
 ) -> Any:
     """Pass 1 (the sums over the points of e^{-t_k w} and/or expm1(-t_k w) at every node)
     skipping, per block of points and reward, the nodes where the block's terms are known
-    without an exponential each: Chebyshev interpolation in t where t_k w <= _LOW for every
-    point of the block (`_chebyshev_low`), nothing (or minus the block's mass, for the expm1
-    sum) where t_k w > cut for every point with mass. A block sees ~(log(cut) - log(_LOW) +
-    its range of log w) / 0.3 nodes plus _CHEB interpolation points, not Q: with the points
-    ordered by reward (`CurationProblem.finite_order`) one window of _WINDOW nodes; further
-    windows run (for every block) only when some block needs them. All blocks are processed
-    at once (no loop over blocks). `p` is `(n,)` or, for points ordered per row, `(r, n)`."""
+    without an exponential each: Chebyshev interpolation in t where t_k delta <= _RHO1, delta
+    the block's range of w (`_chebyshev_low`), nothing (or minus the block's mass, for the
+    expm1 sum) where t_k w > cut for every point with mass. With the points ordered by reward
+    (`CurationProblem.finite_order`) a block spans a narrow range and most blocks need no
+    other node: pass 1 then costs _CHEB1 exponentials per point, not Q. The remaining nodes
+    are summed point by point, _WINDOW at a time, in the blocks that need them
+    (`_needy_groups`). `p` is `(n,)` or, for points ordered per row, `(r, n)`."""
     r, n = log_wq.shape
     q = t.shape[1]
-    chunk = min(n, _WINDOW_POINTS)
+    chunk = _block_size(n)
     nb = -(-n // chunk)
     pad = [(0, 0), (0, nb * chunk - n)]
     lw = jnp.pad(log_wq, pad).reshape(r, nb, chunk)
-    pb = jnp.pad(jnp.broadcast_to(p, (r, n)), pad).reshape(r, nb, chunk)
+    # One row of p for every reward (not broadcast: an (r, n) copy costs like a few passes).
+    pr = 1 if p.ndim == 1 else r
+    pb = jnp.pad(p.reshape(pr, n), pad).reshape(pr, nb, chunk)
     log_t = jnp.log(t)[:, None, :]  # (r, 1, q)
     nodes = jnp.arange(q)
     rounds = -(-q // _WINDOW)
@@ -415,47 +508,68 @@ def _phi_windowed(
         f for f, on in ((jnp.exp, mode in ("direct", "both")), (jnp.expm1, mode != "direct")) if on
     ]
 
-    on = pb > 0
-    lmax = jnp.max(jnp.where(on, lw, -jnp.inf), axis=-1)  # (r, nb)
-    lmin = jnp.min(jnp.where(on, lw, jnp.inf), axis=-1)
-    empty = ~jnp.isfinite(lmax)
+    # The block's range over its points with mass. (A select inside a reduction is ~5x
+    # slower on the CPU than the additive mask; log w <= 0 is far above -1e300.)
+    far = lax.optimization_barrier(1e300 * (pb == 0).astype(lw.dtype))  # (1 or r, nb, chunk)
+    lmax = jnp.max(lw - far, axis=-1)  # (r, nb)
+    lmin = jnp.min(lw + far, axis=-1)
+    empty = lmax < -1e299
     lmax = jnp.where(empty, 0.0, lmax)
     lmin = jnp.where(empty, 0.0, lmin)
-    k_lo = jnp.where(empty, q, jnp.sum(log_t + lmax[..., None] <= math.log(_LOW), axis=-1))
-    k_hi = jnp.maximum(jnp.sum(log_t + lmin[..., None] <= math.log(cut), axis=-1), k_lo)
     # Materialised (a barrier), else XLA fuses the exponential into every node's sum.
-    w = lax.optimization_barrier(jnp.where(on, jnp.exp(lw), 0.0))
-    mass = jnp.sum(pb, axis=-1)[..., None]  # (r, nb, 1)
-    low_m1 = _chebyshev_low(lw, pb, w, lmax, t)  # (r, nb, q)
+    w = lax.optimization_barrier(jnp.exp(lw))
+    w_lo = jnp.exp(lmin)
+    delta = jnp.maximum(jnp.exp(lmax) - w_lo, 0.0)
+    k_lo = jnp.where(empty, q, jnp.sum(t[:, None, :] * delta[..., None] <= _RHO1, axis=-1))
+    k_hi = jnp.maximum(jnp.sum(log_t + lmin[..., None] <= math.log(cut), axis=-1), k_lo)
+    mass = jnp.broadcast_to(jnp.sum(pb, axis=-1)[..., None], (r, nb, 1))
+    # Offsets within the block, in [0, delta] (points without mass, clipped, add nothing).
+    d = jnp.clip(w - w_lo[..., None], 0.0, delta[..., None])
+    th = t[:, None, :] * _chebyshev_low(d, pb, delta, t)  # (r, nb, q)
+    shift = -t[:, None, :] * w_lo[..., None]
+    e_lo = jnp.exp(shift)
     low = nodes[None, None, :] < k_lo[..., None]
     high = nodes[None, None, :] >= k_hi[..., None]
-    add_e = jnp.sum(jnp.where(low, mass + low_m1, 0.0), axis=1)
+    add_e = jnp.sum(jnp.where(low, e_lo * (mass + th), 0.0), axis=1)
+    low_m1 = e_lo * th + mass * jnp.expm1(shift)
     add_m = jnp.sum(jnp.where(low, low_m1, jnp.where(high, -mass, 0.0)), axis=1)
     acc = tuple(a for a, f in ((add_e, jnp.exp), (add_m, jnp.expm1)) if f in want)
-    span = jnp.max(k_hi - k_lo)
-    t_b = jnp.broadcast_to(t[:, None, :], (r, nb, q))
-    rows = jnp.arange(r)[:, None, None]
 
-    def window(i, acc):
-        idx = k_lo[..., None] + i * _WINDOW + jnp.arange(_WINDOW)[None, None, :]  # (r, nb, L)
-        valid = idx < k_hi[..., None]
-        idx = jnp.minimum(idx, q - 1)
-        tl = jnp.where(valid, jnp.take_along_axis(t_b, idx, axis=-1), 0.0)
-        tl = lax.optimization_barrier(tl)  # one gather per node, not per node and point
-        tw = tl[..., None] * w[:, :, None, :]  # (r, nb, L, chunk), fused into the sums
-        out = []
-        for a, f in zip(acc, want):
-            v = jnp.where(valid, jnp.sum(f(-tw) * pb[:, :, None, :], axis=-1), 0.0)
-            out.append(a.at[rows, idx].add(v))
-        return tuple(out)
+    ids, g_lo, g_hi = _needy_groups(k_lo, k_hi)
+    w_f = w.reshape(r * nb, chunk)
+    p_f = pb.reshape(pr * nb, chunk)
+    rows_f = jnp.repeat(jnp.arange(r), nb)
 
-    def more(i, acc):
-        return lax.cond(i * _WINDOW < span, lambda a: window(i, a), lambda a: a, acc)
+    def group(g, acc):
+        blocks = ids[g]
+        wg, pg = w_f[blocks], p_f[blocks % (pr * nb)]  # (G, chunk)
+        rows = rows_f[blocks]
+        tg = t[rows]  # (G, q)
+        lo, hi = g_lo[g], g_hi[g]
+        span = jnp.max(hi - lo)
 
-    # The first window unconditionally (with points ordered by reward it is the only one).
-    acc = window(0, acc)
-    if rounds > 1:
-        acc = lax.fori_loop(1, rounds, more, acc)
+        def window(i, acc):
+            idx = lo[:, None] + i * _WINDOW + jnp.arange(_WINDOW)[None, :]  # (G, L)
+            valid = idx < hi[:, None]
+            idx = jnp.minimum(idx, q - 1)
+            tl = jnp.where(valid, jnp.take_along_axis(tg, idx, axis=-1), 0.0)
+            tl = lax.optimization_barrier(tl)  # one gather per node, not per node and point
+            tw = tl[..., None] * wg[:, None, :]  # (G, L, chunk), fused into the sums
+            out = []
+            for a, f in zip(acc, want):
+                v = jnp.where(valid, jnp.sum(f(-tw) * pg[:, None, :], axis=-1), 0.0)
+                out.append(a.at[rows[:, None], idx].add(v))
+            return tuple(out)
+
+        def more(i, acc):
+            return lax.cond(i * _WINDOW < span, lambda a: window(i, a), lambda a: a, acc)
+
+        return lax.fori_loop(0, rounds, more, acc)
+
+    def each(g, acc):
+        return lax.cond(g_hi[g, 0] > g_lo[g, 0], lambda a: group(g, a), lambda a: a, acc)
+
+    acc = lax.fori_loop(0, ids.shape[0], each, acc)
     return acc if mode == "both" else acc[0]
 
 
@@ -578,17 +692,22 @@ def _laplace_growth(
             linear
             and jnp.finfo(dtype).bits == 64
             and n >= 2 * _WINDOW_POINTS
-            and num_nodes >= _WINDOW_MIN_NODES
+            and (num_nodes >= _WINDOW_MIN_NODES or order is not None)
         )
     if windows:
+        cut = _phi_cut(ks, num_nodes)
         if order is None:
-            lw1, p1 = log_wq, p
+            sums = _phi_windowed(log_wq, p, t, mode, cut)
         else:
             # The sums over the points do not depend on their order; sorted by reward, each
-            # block of points sees few nodes whatever the rewards' geometry.
-            lw1 = _permute_rows(log_wq, order)
-            p1 = p[order]
-        sums = _phi_windowed(lw1, p1, t, mode, _phi_cut(ks, num_nodes))
+            # block of points sees few nodes whatever the rewards' geometry. Where the points'
+            # own blocks are already narrow, the gathers would cost more than they save.
+            sort = _order_pays(log_wq, p, t)
+            sums = lax.cond(
+                sort,
+                lambda: _phi_windowed(_permute_rows(log_wq, order), p[order], t, mode, cut),
+                lambda: _phi_windowed(log_wq, p, t, mode, cut),
+            )
     else:
         sums, _ = lax.scan(pass1, init, (x_blocks, p_blocks))
     if mode == "direct":
@@ -616,8 +735,13 @@ def _laplace_growth(
     a = c * jnp.exp((k[:, None] - 1) * log_phi)  # (r, Q)
 
     # Pass 2: H(x) = K sum_k a_k (t_k w(x)) e^{-t_k w(x)}.
-    if windows and order is not None and not use_table:
-        h = _growth_windowed(_permute_rows(log_wq, order), a, t, order)
+    # Ordered points: the blocked pass 2 (no table), unless a test asks for the tables.
+    if windows and order is not None and not table:
+        h = lax.cond(
+            sort,
+            lambda: _growth_windowed(_permute_rows(log_wq, order), a, t, order),
+            lambda: _growth_windowed(log_wq, a, t),
+        )
     elif use_table:
         top, cells = _table_cells(ks, num_nodes)
         log_tmax = log_t[:, -1]
