@@ -110,6 +110,8 @@ def solve_master(
     q_cold = jnp.where(valid, 1.0 / nv, 0.0)
     q0 = q_cold
     margin = 1.0
+    # A cold start has no cold start to restart from: its stall ends the solve.
+    restartable = jnp.array(False)
     if q_init is not None:
         # Warm start from the previous round's weights (on the columns it kept), mixed with
         # the uniform point so that every column starts interior, and a dual margin
@@ -121,6 +123,7 @@ def solve_master(
         q_warm = (1 - _WARM_MIX) * qi / jnp.where(warm, total, 1.0) + _WARM_MIX / nv
         q0 = jnp.where(warm & valid, q_warm, q0)
         margin = jnp.where(warm, _WARM_MARGIN, 1.0)
+        restartable = warm
 
     def dual_start(q, margin):
         # Dual-feasible start: z = lam - g >= margin.
@@ -271,7 +274,7 @@ def solve_master(
         gap0,
         gap0,
         jnp.array(0),
-        jnp.array(q_init is None),
+        ~restartable,
         jnp.array(0),
         gap0 <= tol,
     )
