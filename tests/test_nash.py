@@ -466,6 +466,44 @@ def test_start_columns_are_row_maximisers_without_geometry(seed):
     assert float(res.gap) <= 1e-12
 
 
+def test_master_restarts_a_stalled_warm_start(monkeypatch):
+    # Issue 13's worst instance (bench_nash quadratic-1d, n = 1e6, m = 8, seed 1) spent 426
+    # master steps because warm-started interior-point masters jammed in a cycle of short
+    # Mehrotra steps and ran to the 60-step cap, round after round; the cold start solved the
+    # same restricted problems in 10-12 steps. This is that instance's stride-64 coarse grid
+    # (15,625 points, one level), solved with the stall guard (restart the warm start cold)
+    # and with the previous rule (no restart) in the same test.
+    from curax import _nash_solver
+
+    rng = np.random.default_rng(1)
+    x = np.linspace(-3, 3, 10**6)[::64]
+    c = rng.uniform(-2.5, 2.5, 8)
+    k = rng.uniform(0.5, 4.0, 8)
+    r = jnp.asarray(-k[:, None] * (x[None] - c[:, None]) ** 2)
+    a = jnp.asarray(rng.dirichlet(np.ones(8)))
+    bp = curax.BargainingProblem.from_rewards(r, a)
+
+    def solve():
+        # A fresh jit per call: `_STALL_STEPS` is read when the solver is traced.
+        f = jax.jit(
+            lambda e, al, an: _nash_solver.solve_nash(
+                e, al, an, grid_shape=(x.size,), tol=1e-12, max_passes=64
+            )
+        )
+        return f(bp.utilities, bp.weights, bp.anchors)
+
+    new = solve()
+    monkeypatch.setattr(_nash_solver, "_STALL_STEPS", 10**9)
+    old = solve()
+    for res in (new, old):
+        assert float(res.gap) <= 1e-12
+        assert _numpy_gap(res.p, r, a) <= 1e-12
+    # Measured 67 vs 347 master steps and 1 vs 2 passes; a regression of the guard (no
+    # restart, or a restart that stalls again) gives back the capped masters.
+    assert 2 * int(new.master_iters) <= int(old.master_iters)
+    assert int(new.fine_passes) <= int(old.fine_passes)
+
+
 def test_curation_entry_underflow_off_the_sample():
     # One reward so narrow that its cached weights underflow to 0 on all but a few columns
     # (and on every column of a 1-in-10 sample, which an earlier start relied on): the start

@@ -31,6 +31,8 @@ _COARSE_PASSES = 4
 # into the previous weights, and the starting dual margin `lam - max g`.
 _WARM_MIX = 0.1
 _WARM_MARGIN = 0.1
+# Steps without halving the best restricted gap after which the master restarts cold (once).
+_STALL_STEPS = 5
 # Smallest stride of a 1-D coarse level (see `_levels`).
 _MIN_1D_STRIDE = 64
 
@@ -79,7 +81,9 @@ def solve_master(
     (m x k), factorised once per iteration: the `num_active` columns with the smallest
     `z / q` by an r x r Schur complement, the rest by Woodbury (one m x m Cholesky), so a step
     costs O(k m^2 + r^3). The iterate with the smallest restricted Frank-Wolfe gap
-    `max_S g - 1` is returned. Returns `(q, iterations)`.
+    `max_S g - 1` is returned. A warm start (`q_init`) that stalls (the gap not halved in
+    `_STALL_STEPS` steps) restarts once from the cold start; a cold trajectory that stalls
+    ends. Returns `(q, iterations)`.
     """
     m, k = a.shape
     dtype = a.dtype
@@ -103,8 +107,11 @@ def solve_master(
         u = a @ q
         return u, _safe_ratio(alpha, u) @ a
 
-    q0 = jnp.where(valid, 1.0 / nv, 0.0)
+    q_cold = jnp.where(valid, 1.0 / nv, 0.0)
+    q0 = q_cold
     margin = 1.0
+    # A cold start has no cold start to restart from: its stall ends the solve.
+    restartable = jnp.array(False)
     if q_init is not None:
         # Warm start from the previous round's weights (on the columns it kept), mixed with
         # the uniform point so that every column starts interior, and a dual margin
@@ -116,10 +123,15 @@ def solve_master(
         q_warm = (1 - _WARM_MIX) * qi / jnp.where(warm, total, 1.0) + _WARM_MIX / nv
         q0 = jnp.where(warm & valid, q_warm, q0)
         margin = jnp.where(warm, _WARM_MARGIN, 1.0)
-    _, g0 = grad(q0)
-    lam0 = jnp.max(jnp.where(valid, g0, 0.0)) + margin
-    # Dual-feasible start: z = lam - g >= margin.
-    z0 = jnp.where(valid, lam0 - g0, 0.0)
+        restartable = warm
+
+    def dual_start(q, margin):
+        # Dual-feasible start: z = lam - g >= margin.
+        _, g = grad(q)
+        lam = jnp.max(jnp.where(valid, g, 0.0)) + margin
+        return jnp.where(valid, lam - g, 0.0), lam
+
+    z0, lam0 = dual_start(q0, margin)
 
     def residuals(q, z, lam):
         u, g = grad(q)
@@ -200,7 +212,7 @@ def solve_master(
         return (it < max_iters) & ~done
 
     def body(carry):
-        q, z, lam, best_q, best_gap, it, _ = carry
+        q, z, lam, best_q, best_gap, run_gap, ref_gap, since, restarted, it, _ = carry
         u, rd, mu = residuals(q, z, lam)
         # Predictor (affine scaling).
         msolve = factor(q, z, u)
@@ -228,11 +240,45 @@ def solve_master(
         # Past mu ~ 1e-30 the Newton systems are numerically meaningless (z / q spans 60
         # orders of magnitude); the best iterate so far is kept.
         done = ((best_gap <= tol) & (mu_new <= 1e-22)) | bad | (mu_new < 1e-30)
-        return q_new, z_new, lam_new, best_q, best_gap, it + 1, done
+        # Stall guard. Mehrotra's method can jam in a cycle of short steps (measured on
+        # warm starts: a period-4 cycle at mu ~ 1e-9, restricted gap stuck at 4e-8, for all
+        # 60 steps, where the cold start certifies in 12). When the best restricted gap has
+        # not halved in `_STALL_STEPS` steps, restart once from the cold start (the best
+        # iterate is kept); a second stall ends the solve with the best iterate. Measured on
+        # the current trajectory's best gap (`run_gap`), so that a restart is judged afresh.
+        run_gap = jnp.minimum(run_gap, gap_new)
+        improved = run_gap <= 0.5 * ref_gap
+        ref_gap = jnp.where(improved, run_gap, ref_gap)
+        since = jnp.where(improved, 0, since + 1)
+        stalled = (since >= _STALL_STEPS) & (best_gap > tol) & ~done
+        restart = stalled & ~restarted
+        done = done | (stalled & restarted)
+        q_new = jnp.where(restart, q_cold, q_new)
+        z_new = jnp.where(restart, z_cold, z_new)
+        lam_new = jnp.where(restart, lam_cold, lam_new)
+        since = jnp.where(restart, 0, since)
+        run_gap = jnp.where(restart, jnp.inf, run_gap)
+        ref_gap = jnp.where(restart, jnp.inf, ref_gap)
+        restarted = restarted | restart
+        out = (q_new, z_new, lam_new, best_q, best_gap, run_gap, ref_gap, since, restarted)
+        return out + (it + 1, done)
 
+    z_cold, lam_cold = dual_start(q_cold, 1.0)
     gap0 = restricted_gap(q0)
-    init = (q0, z0, lam0, q0, gap0, jnp.array(0), gap0 <= tol)
-    _, _, _, q, _, iters, _ = lax.while_loop(cond, body, init)
+    init = (
+        q0,
+        z0,
+        lam0,
+        q0,
+        gap0,
+        gap0,
+        gap0,
+        jnp.array(0),
+        ~restartable,
+        jnp.array(0),
+        gap0 <= tol,
+    )
+    _, _, _, q, _, _, _, _, _, iters, _ = lax.while_loop(cond, body, init)
     return q, iters
 
 
