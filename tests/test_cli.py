@@ -286,15 +286,6 @@ def test_reproduce_refuses_unwritable_out(tmp_path, capsys):
     assert blocker.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize(
-    "content,suffix,message",
-    [
-        ("a,b,c\n1,2,x\n", ".csv", "could not parse"),
-        ("1,2,3\n4,5,6\n", ".npy", "not a NumPy .npy file"),
-        ("garbage", ".npy", "not a NumPy .npy file"),
-        ("1,nan,3\n", ".csv", "NaN"),
-    ],
-)
 def _without_times(results):
     results = {k: dict(v) for k, v in results.items()}
     for v in results.values():
@@ -333,6 +324,15 @@ def test_reproduce_error_in_a_parallel_section(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no temporary folder left either
 
 
+@pytest.mark.parametrize(
+    "content,suffix,message",
+    [
+        ("a,b,c\n1,2,x\n", ".csv", "could not parse"),
+        ("1,2,3\n4,5,6\n", ".npy", "not a NumPy .npy file"),
+        ("garbage", ".npy", "not a NumPy .npy file"),
+        ("1,nan,3\n", ".csv", "NaN"),
+    ],
+)
 def test_solve_bad_reward_file(tmp_path, capsys, content, suffix, message):
     path = tmp_path / f"bad{suffix}"
     path.write_text(content)
