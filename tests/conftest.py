@@ -43,6 +43,27 @@ def pytest_unconfigure(config):
 _CACHE_DIR = pytest.StashKey[str]()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    # `helpers.default_cases(keep)`: the cases of a parametrised test that run by default (the
+    # first `keep` in collection order, or those whose id `keep(id)` accepts); the others are
+    # marked `study` (run by CI after the default suite, and by `pytest -m study`). Before the
+    # mark plugin deselects, hence tryfirst.
+    seen: dict = {}
+    for item in items:
+        keep = getattr(getattr(item, "function", None), "_default_cases", None)
+        if keep is None:
+            continue
+        key = (item.module.__name__, getattr(item, "originalname", item.name))
+        seen[key] = seen.get(key, 0) + 1
+        if callable(keep):
+            default = keep(item.callspec.id)
+        else:
+            default = seen[key] <= keep
+        if not default:
+            item.add_marker(pytest.mark.study)
+
+
 @pytest.fixture
 def getkey():
     return eqxi.GetKey()

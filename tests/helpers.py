@@ -65,3 +65,16 @@ def central_difference(f, x, dx, h):
     """`(f(x + h dx) - f(x - h dx)) / 2h`: the directional derivative the JVP tests compare
     against."""
     return (f(x + h * dx) - f(x - h * dx)) / (2 * h)
+
+
+def default_cases(keep):
+    """The cases of a parametrised test that run by default: the first `keep` (an int, in
+    collection order) or those whose pytest id satisfies `keep(id)`. The others are marked
+    `study` (tests/conftest.py): the same property on further families, seeds or solvers, run
+    by CI after the default suite and by `pytest -m study`."""
+
+    def mark(fn):
+        fn._default_cases = keep
+        return fn
+
+    return mark

@@ -13,7 +13,7 @@ import optimistix as optx
 import pytest
 from scipy.optimize import brentq
 
-from .helpers import central_difference
+from .helpers import central_difference, default_cases
 
 
 jax.config.update("jax_enable_x64", True)
@@ -117,6 +117,7 @@ COMPLEX_OK = pytest.mark.filterwarnings("ignore:Complex support in Optimistix")
 @COMPLEX_OK
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("problem", PROBLEMS)
+@default_cases(lambda id: id.endswith("pytree-float64"))
 @pytest.mark.parametrize("solver", SOLVERS, ids=_name)
 def test_solves_any_pytree(solver, problem, dtype):
     fn, y0, args, truth = _problems(dtype)[problem]
@@ -129,6 +130,7 @@ def test_solves_any_pytree(solver, problem, dtype):
 
 
 @COMPLEX_OK
+@default_cases(2)
 @pytest.mark.parametrize("solver", SOLVERS, ids=_name)
 def test_curax_fixed_point_pytree_with_aux(solver):
     """Through `curax.fixed_point`: a complex pytree, `has_aux`, no simplex anywhere."""
@@ -159,6 +161,7 @@ def _assert_jvp_matches_central_difference(solve, getkey):
     assert jnp.allclose(jvp, fd, rtol=1e-5, atol=1e-7)
 
 
+@default_cases(2)
 @pytest.mark.parametrize("solver", SOLVERS, ids=_name)
 def test_implicit_jvp_matches_finite_differences(solver, getkey):
     # Tighter tolerance for the finite differences (their error is the solve's over 2h).
@@ -255,6 +258,7 @@ def slow_curation():
     return problem, curax.mixing_fixed_point(problem).value
 
 
+@default_cases(2)
 @pytest.mark.parametrize("solver", SOLVERS, ids=_name)
 def test_slow_curation_success_means_close(solver, slow_curation):
     problem, truth = slow_curation
@@ -280,6 +284,7 @@ def _one_nat_problem():
     )
 
 
+@default_cases(1)
 @pytest.mark.parametrize(
     "make",
     [

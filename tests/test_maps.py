@@ -6,7 +6,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from .helpers import brute_force_curate, brute_force_growth, multinomial_growth
+from .helpers import brute_force_curate, brute_force_growth, default_cases, multinomial_growth
 
 
 def _random_case(seed, n, spread, zero_mass=False):
@@ -165,6 +165,7 @@ def test_extreme_rewards_stay_finite_and_zero_mass_stays_zero(k):
     assert float(g[2]) > 1.0  # the point above the support would grow if given mass
 
 
+@default_cases(1)
 @pytest.mark.parametrize("k", [None, 3, 64])
 def test_float32_accuracy(k, getkey):
     # float32 reaches ~1e-5 relative (documented in the README); float64 is the reference.
@@ -420,6 +421,7 @@ def test_fast_paths_match_multinomial_sum(k, spread, p_atoms, mode):
     assert abs(float(jnp.sum(jnp.asarray(p) * g[0])) - 1) <= 5e-13
 
 
+@default_cases(1)
 @pytest.mark.parametrize("ks", [(2, 8, 64), (300, 300, 300)])
 def test_fast_paths_match_dense_quadrature(ks, getkey):
     # Grid rewards with random centres and curvatures (smooth: blocks see few nodes) and a
@@ -475,6 +477,7 @@ def test_ordered_paths_match_enumeration(k, spread):
     "k, spread",
     [(2, 20.0), (8, 20.0), (8, 50.0), (64, 50.0), (300, 50.0), (300, 1.0), (2, 100.0)],
 )
+@default_cases(lambda id: id.startswith("True"))
 @pytest.mark.parametrize("table", [False, True])
 def test_ordered_paths_match_multinomial_sum_on_labels(k, spread, table):
     # Random rewards over 3000 labels (no geometry), ordered by reward: blocks of 1024 points,
@@ -505,6 +508,7 @@ def test_ordered_paths_match_multinomial_sum_on_labels(k, spread, table):
     np.testing.assert_allclose(np.asarray(g[0]), expected, rtol=1e-12, atol=0)
 
 
+@default_cases(1)
 @pytest.mark.parametrize("ks", [(2, 8, 64), (300, 300, 300)])
 def test_ordered_paths_match_dense_quadrature_on_labels(ks, getkey):
     # Random labels with a full-support random p: every block of the ordered points carries
@@ -554,6 +558,7 @@ def test_finite_order_cache():
     )
 
 
+@pytest.mark.study
 def test_ordered_paths_differentiate_like_the_dense_quadrature():
     # Solvers differentiate the map (jacfwd in ActiveSetNewton, grad in sweeps): the ordered
     # paths (gathers, Chebyshev interpolation, scattered windows) against the dense rule.

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from .helpers import default_cases
+
 
 def _random_rewards(seed, m, n, scale=2.0):
     rng = np.random.default_rng(seed)
@@ -85,6 +87,7 @@ def test_cvxpy_clarabel(seed):
     np.testing.assert_allclose(e @ xc, sol.stats["u"], atol=1e-4)
 
 
+@default_cases(1)
 @pytest.mark.parametrize("grid", [None, "1d"])
 def test_grid_levels_agree(grid):
     # n = 140,000 >= 2,000 * 64: the 1-D grid path uses two levels (stride 64).
@@ -344,6 +347,7 @@ def test_families_certified_in_few_passes(name, seed):
     assert int(sol.stats["num_steps"]) <= _FAMILY_PASS_BOUND
 
 
+@default_cases(1)
 @pytest.mark.parametrize(
     "name,temperature,grid",
     [
@@ -373,6 +377,7 @@ def test_curation_and_bargaining_entry_points_agree(name, temperature, grid):
     assert abs(float(s_cp.stats["fw_gap"]) - _numpy_gap(s_cp.value, r, a, temperature)) <= 1e-13
 
 
+@pytest.mark.study
 def test_curation_entry_wide_spread():
     # Rewards spanning > 690 nats: the cached weights underflow off the peaks, so the anchors
     # are computed exactly; the answer must match the BargainingProblem's.
@@ -393,6 +398,7 @@ def _stat(sol, key):
     return float(sol.stats[key])
 
 
+@default_cases(2)
 @pytest.mark.parametrize(
     "name,grid,n,seed",
     # The two grid instances ran different solves from the two entries before they shared
@@ -504,6 +510,7 @@ def test_master_restarts_a_stalled_warm_start(monkeypatch):
     assert int(new.fine_passes) <= int(old.fine_passes)
 
 
+@pytest.mark.study
 def test_curation_entry_underflow_off_the_sample():
     # One reward so narrow that its cached weights underflow to 0 on all but a few columns
     # (and on every column of a 1-in-10 sample, which an earlier start relied on): the start

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from .helpers import default_cases
+
 
 def _exp_rewards(problem):
     s = np.asarray(problem.scaled_rewards, np.float64)
@@ -281,6 +283,7 @@ def test_phase_diagram_k4_separation2_is_certified_and_attracting():
     assert dist[2] < 0.5 * dist[0]
 
 
+@default_cases(1)
 @pytest.mark.parametrize("start", ["uniform", "near-vertex"])
 def test_fallback_on_the_host_equals_the_traced_loop(start, monkeypatch):
     # With one active-set pass the first attempt cannot certify, so the fallback runs: from

@@ -15,7 +15,7 @@ from curax._maps import _curate, _fw_gap, _growth
 from curax._problem import canonical_k, k_bucket
 from curax._stable_point import _stable_point, stable_point_method
 
-from .helpers import brute_force_growth, multinomial_growth
+from .helpers import brute_force_growth, default_cases, multinomial_growth
 
 
 class _Compiles(logging.Handler):
@@ -122,6 +122,7 @@ def _assert_close(a, b, rtol):
 _KS = (2, 3, 7, 64, 65, 66, 100, 300)
 
 
+@default_cases(1)
 @pytest.mark.parametrize(
     "shape, ks",
     [
@@ -155,6 +156,7 @@ def test_canonical_matches_static(shape, ks):
         np.testing.assert_allclose(shared[2], gap, rtol=0, atol=1e-14)
 
 
+@pytest.mark.study
 @pytest.mark.parametrize(
     "shape, k",
     [("bump", 7)]
