@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, Int, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
 from ._problem import (
     canonical_k,
@@ -346,6 +346,42 @@ def _needy_groups(
     return idx.reshape(shape), lo.reshape(shape), hi.reshape(shape)
 
 
+def _needy_windows(
+    groups: tuple[Int[Array, "g G"], Int[Array, "g G"], Int[Array, "g G"]],
+    q: int,
+    width: int,
+    prepare: Callable[[Int[Array, " G"]], Any],
+    window: Callable[[Any, Int[Array, "G L"], Bool[Array, "G L"], Any], Any],
+    init: Any,
+) -> Any:
+    """The exact windows of both passes: for each group of `_needy_groups` with something to
+    do, `prepare(blocks)` once (the group's gathers), then `window(ctx, idx, valid, carry)`
+    for each run of `width` nodes from every block's k_lo until the group's widest k_hi - k_lo
+    is covered (`idx` clipped to the nodes, `valid` marking those below each block's k_hi)."""
+    ids, g_lo, g_hi = groups
+    rounds = -(-q // width)
+
+    def group(g, carry):
+        ctx = prepare(ids[g])
+        lo, hi = g_lo[g], g_hi[g]
+        span = jnp.max(hi - lo)
+
+        def run(i, carry):
+            idx = lo[:, None] + i * width + jnp.arange(width)[None, :]  # (G, L)
+            valid = idx < hi[:, None]
+            return window(ctx, jnp.minimum(idx, q - 1), valid, carry)
+
+        def more(i, carry):
+            return lax.cond(i * width < span, lambda c: run(i, c), lambda c: c, carry)
+
+        return lax.fori_loop(0, rounds, more, carry)
+
+    def each(g, carry):
+        return lax.cond(g_hi[g, 0] > g_lo[g, 0], lambda c: group(g, c), lambda c: c, carry)
+
+    return lax.fori_loop(0, ids.shape[0], each, init)
+
+
 def _growth_windowed(
     log_ws: Float[Array, "r n"],
     a: Float[Array, "r q"],
@@ -395,38 +431,21 @@ def _growth_windowed(
     x = jnp.clip(2 * (w - w_lo[..., None]) / jnp.maximum(delta, tiny)[..., None] - 1, -1.0, 1.0)
     h = (w * _clenshaw(coef, x)).reshape(r * nb, chunk)
 
-    ids, g_lo, g_hi = _needy_groups(k_lo, k_hi)
     w_f = w.reshape(r * nb, chunk)
     rows = jnp.repeat(jnp.arange(r), nb)
-    rounds = -(-q // _WINDOW2)
 
-    def group(g, h):
-        blocks = ids[g]
-        wg = w_f[blocks]  # (G, chunk)
-        tg = t[rows[blocks]]  # (G, q)
-        atg = at[rows[blocks]]
-        lo, hi = g_lo[g], g_hi[g]
-        span = jnp.max(hi - lo)
+    def prepare(blocks):
+        return blocks, w_f[blocks], t[rows[blocks]], at[rows[blocks]]  # (G, chunk), (G, q)
 
-        def window(i, h):
-            idx = lo[:, None] + i * _WINDOW2 + jnp.arange(_WINDOW2)[None, :]  # (G, L)
-            valid = idx < hi[:, None]
-            idx = jnp.minimum(idx, q - 1)
-            tl = jnp.where(valid, jnp.take_along_axis(tg, idx, axis=-1), 0.0)
-            al = jnp.where(valid, jnp.take_along_axis(atg, idx, axis=-1), 0.0)
-            tl, al = lax.optimization_barrier((tl, al))
-            terms = al[..., None] * jnp.exp(-tl[..., None] * wg[:, None, :])  # (G, L, chunk)
-            return h.at[blocks].add(wg * jnp.sum(terms, axis=1))
+    def window(ctx, idx, valid, h):
+        blocks, wg, tg, atg = ctx
+        tl = jnp.where(valid, jnp.take_along_axis(tg, idx, axis=-1), 0.0)
+        al = jnp.where(valid, jnp.take_along_axis(atg, idx, axis=-1), 0.0)
+        tl, al = lax.optimization_barrier((tl, al))
+        terms = al[..., None] * jnp.exp(-tl[..., None] * wg[:, None, :])  # (G, L, chunk)
+        return h.at[blocks].add(wg * jnp.sum(terms, axis=1))
 
-        def more(i, h):
-            return lax.cond(i * _WINDOW2 < span, lambda h: window(i, h), lambda h: h, h)
-
-        return lax.fori_loop(0, rounds, more, h)
-
-    def each(g, h):
-        return lax.cond(g_hi[g, 0] > g_lo[g, 0], lambda h: group(g, h), lambda h: h, h)
-
-    h = lax.fori_loop(0, ids.shape[0], each, h)
+    h = _needy_windows(_needy_groups(k_lo, k_hi), q, _WINDOW2, prepare, window, h)
     h = h.reshape(r, nb * chunk)[:, :n]
     if order is None:
         return h
@@ -503,7 +522,6 @@ def _phi_windowed(
     pb = jnp.pad(p.reshape(pr, n), pad).reshape(pr, nb, chunk)
     log_t = jnp.log(t)[:, None, :]  # (r, 1, q)
     nodes = jnp.arange(q)
-    rounds = -(-q // _WINDOW)
     want = [
         f for f, on in ((jnp.exp, mode in ("direct", "both")), (jnp.expm1, mode != "direct")) if on
     ]
@@ -535,41 +553,26 @@ def _phi_windowed(
     add_m = jnp.sum(jnp.where(low, low_m1, jnp.where(high, -mass, 0.0)), axis=1)
     acc = tuple(a for a, f in ((add_e, jnp.exp), (add_m, jnp.expm1)) if f in want)
 
-    ids, g_lo, g_hi = _needy_groups(k_lo, k_hi)
     w_f = w.reshape(r * nb, chunk)
     p_f = pb.reshape(pr * nb, chunk)
     rows_f = jnp.repeat(jnp.arange(r), nb)
 
-    def group(g, acc):
-        blocks = ids[g]
-        wg, pg = w_f[blocks], p_f[blocks % (pr * nb)]  # (G, chunk)
+    def prepare(blocks):
         rows = rows_f[blocks]
-        tg = t[rows]  # (G, q)
-        lo, hi = g_lo[g], g_hi[g]
-        span = jnp.max(hi - lo)
+        return rows, w_f[blocks], p_f[blocks % (pr * nb)], t[rows]  # (G,), (G, chunk), (G, q)
 
-        def window(i, acc):
-            idx = lo[:, None] + i * _WINDOW + jnp.arange(_WINDOW)[None, :]  # (G, L)
-            valid = idx < hi[:, None]
-            idx = jnp.minimum(idx, q - 1)
-            tl = jnp.where(valid, jnp.take_along_axis(tg, idx, axis=-1), 0.0)
-            tl = lax.optimization_barrier(tl)  # one gather per node, not per node and point
-            tw = tl[..., None] * wg[:, None, :]  # (G, L, chunk), fused into the sums
-            out = []
-            for a, f in zip(acc, want):
-                v = jnp.where(valid, jnp.sum(f(-tw) * pg[:, None, :], axis=-1), 0.0)
-                out.append(a.at[rows[:, None], idx].add(v))
-            return tuple(out)
+    def window(ctx, idx, valid, acc):
+        rows, wg, pg, tg = ctx
+        tl = jnp.where(valid, jnp.take_along_axis(tg, idx, axis=-1), 0.0)
+        tl = lax.optimization_barrier(tl)  # one gather per node, not per node and point
+        tw = tl[..., None] * wg[:, None, :]  # (G, L, chunk), fused into the sums
+        out = []
+        for a, f in zip(acc, want):
+            v = jnp.where(valid, jnp.sum(f(-tw) * pg[:, None, :], axis=-1), 0.0)
+            out.append(a.at[rows[:, None], idx].add(v))
+        return tuple(out)
 
-        def more(i, acc):
-            return lax.cond(i * _WINDOW < span, lambda a: window(i, a), lambda a: a, acc)
-
-        return lax.fori_loop(0, rounds, more, acc)
-
-    def each(g, acc):
-        return lax.cond(g_hi[g, 0] > g_lo[g, 0], lambda a: group(g, a), lambda a: a, acc)
-
-    acc = lax.fori_loop(0, ids.shape[0], each, acc)
+    acc = _needy_windows(_needy_groups(k_lo, k_hi), q, _WINDOW, prepare, window, acc)
     return acc if mode == "both" else acc[0]
 
 
