@@ -892,7 +892,10 @@ def _run_sections(
 
     def event(name: str, done: bool) -> None:
         with lock:
-            running.remove(name) if done else running.append(name)
+            if done:
+                running.remove(name)
+            else:
+                running.append(name)
             if show is not None:
                 show(list(running), done)
 
@@ -916,9 +919,8 @@ def _run_sections(
         futures = [pool.submit(run_chain, chain) for chain in chains]
         try:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in futures:
-                if f in done and f.exception() is not None:
-                    raise f.exception()  # type: ignore[misc]
+            for f in done:
+                f.result()  # a failed section's error, without waiting for the running ones
             for f in futures:
                 results |= f.result()
         except KeyboardInterrupt:

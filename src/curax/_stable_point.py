@@ -226,7 +226,7 @@ def _finite_k_on_host(problem: CurationProblem, p0: Array, kwargs: dict) -> Solu
     compiled program, the fallback's dynamics another, compiled only when an attempt fails
     to certify; the second attempt reuses the first's program. The same steps as the single
     traced program (`fallback=True`, used under the caller's `jit`/`vmap`), with about a
-    third less to compile when the first attempt certifies (the common case)."""
+    quarter less to compile when the first attempt certifies (the common case)."""
     first = _stable_point(problem, p0, fallback=False, **kwargs)
     if bool(first.result == RESULTS.successful):
         return first
