@@ -5,6 +5,8 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+from .helpers import flat_dirichlet
+
 
 N = 21
 
@@ -22,7 +24,7 @@ def problem(k=3, q=0.3, reference_weight=0.0):
 def test_sample_round_is_unbiased(getkey, reference_weight):
     # E[histogram] = the population map exactly; average S independent rounds.
     pr = problem(reference_weight=reference_weight)
-    p = jr.dirichlet(getkey(), jnp.ones(N))
+    p = flat_dirichlet(getkey(), N)
     p = p / p.sum()
     S, M = 32, 2000
     keys = jr.split(getkey(), S)

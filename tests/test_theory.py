@@ -3,10 +3,11 @@ import math
 
 import curax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 import pytest
 from curax import theory
+
+from .helpers import flat_dirichlet
 
 
 # The shapes and round counts of `curax reproduce --quick` (n = 101, chunks of 1000 rounds), so
@@ -117,7 +118,7 @@ def test_collapse_hypotheses_fail_with_real_data():
 
 
 def test_monotonicity_holds(getkey):
-    p0 = jr.dirichlet(getkey(), jnp.ones(N))
+    p0 = flat_dirichlet(getkey(), N)
     rep = theory.check_monotonicity(wells(1.5, 0.3), p0=p0 / p0.sum(), rounds=100)
     assert rep.verdict == "pass"
     assert rep.measured["phi_final"] > rep.measured["phi_initial"]
