@@ -32,6 +32,8 @@ import curax.theory
 import jax.numpy as jnp
 import pytest
 
+from .helpers import default_cases
+
 
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,8 +111,31 @@ def test_examples_were_found():
     for name in ("curax.sweep", "curax.CurationProblem", "curax.fixed_point", "curax.stability"):
         assert name in ids, sorted(ids)
     assert len(_EXAMPLES) >= 30
+    assert _STUDY_EXAMPLES <= {p.id for p in _EXAMPLES}
 
 
+# The examples that compile a whole solver or study (3 to 13 s each on two cores) run in the
+# study tier; the entry points they call are tested by the default suite, most also by the
+# README's examples.
+_STUDY_EXAMPLES = {
+    f"{name}[0]"
+    for name in (
+        "curax.compare",
+        "curax.theory.phase_diagram",
+        "curax.stable_point",
+        "curax.sweep",
+        "curax.nash_solution",
+        "curax.theory.check_nash_bargaining",
+        "curax.stability",
+        "curax.simulate_histogram",
+        "curax.Anderson",
+        "curax.mixing_fixed_point",
+        "curax.sample_round",
+    )
+}
+
+
+@default_cases(lambda id: id not in _STUDY_EXAMPLES)
 @pytest.mark.parametrize("code", _EXAMPLES)
 def test_docstring_example_runs(code, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)

@@ -38,6 +38,7 @@ def _smooth_rewards(seed, m, n):
 # ------------------------------------------------------------------------------------------
 
 
+@default_cases(1)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_certificate_and_dynamics(seed):
     m = 3
@@ -63,6 +64,7 @@ def test_certificate_and_dynamics(seed):
     assert int(jnp.sum(p > 0)) <= m
 
 
+@default_cases(1)
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_cvxpy_clarabel(seed):
     cp = pytest.importorskip("cvxpy")
@@ -104,6 +106,7 @@ def test_grid_levels_agree(grid):
     assert abs(float(sol.stats["objective"] - ref.stats["objective"])) <= 1e-12
 
 
+@pytest.mark.study  # 2-D multilevel: test_families_certified_in_few_passes[0-anisotropic-2d]
 def test_grid_2d():
     pts = curax.grid_2d(-2.0, 2.0, (50, 60))
     rng = np.random.default_rng(0)
@@ -132,7 +135,8 @@ def test_jit_and_vmap():
 
 
 def test_finite_k_says_limit():
-    r, a = _random_rewards(0, 2, 20)
+    # The shapes of `test_certificate_and_dynamics[0]`: the same compiled solve.
+    r, a = _random_rewards(0, 3, 40)
     sol = curax.nash_solution(curax.CurationProblem(r, a, k=4))
     assert bool(sol.stats["infinite_k_limit"])
     sol_inf = curax.nash_solution(curax.CurationProblem(r, a))
@@ -332,6 +336,7 @@ def _numpy_gap(p, r, a, temperature=1.0):
 _FAMILY_PASS_BOUND = 3
 
 
+@default_cases(lambda id: id.startswith("0-"))
 @pytest.mark.parametrize(
     "name", ["random-curvature", "random-scale", "narrow-wide", "anisotropic-2d", "labels"]
 )
@@ -398,7 +403,7 @@ def _stat(sol, key):
     return float(sol.stats[key])
 
 
-@default_cases(2)
+@default_cases(1)
 @pytest.mark.parametrize(
     "name,grid,n,seed",
     # The two grid instances ran different solves from the two entries before they shared
@@ -542,6 +547,7 @@ def test_curation_entry_underflow_off_the_sample():
 # ------------------------------------------------------------------------------------------
 
 
+@default_cases(1)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_optimize_agrees_with_solution(seed):
     r, a = _random_rewards(seed, 3, 40)
@@ -564,6 +570,7 @@ def _two_basins(q, n=301):
     return r, fam, d
 
 
+@default_cases(1)
 @pytest.mark.parametrize("q", [0.2, 0.5, 0.7])
 def test_theorem_3_7_mixture_family(q):
     # Falahati et al. Thm 3.7: linear utilities, d_1 = U_1(P_2), d_2 = U_2(P_1), on
@@ -621,6 +628,7 @@ def test_optimize_infeasible():
 # ------------------------------------------------------------------------------------------
 
 
+@default_cases(1)
 @pytest.mark.parametrize("rw", [0.05, 0.3, 0.9])
 def test_mixing_fixed_point_matches_dynamics(rw):
     r, a = _random_rewards(1, 3, 40)

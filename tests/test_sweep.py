@@ -109,14 +109,18 @@ def test_plot_sweep(tmp_path):
         curax.plot_sweep(res, "p")
 
 
-_SHARDED = textwrap.dedent(
+_FOUR_DEVICES = textwrap.dedent(
     """
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import jax, jax.numpy as jnp, numpy as np
     import curax
     assert len(jax.devices()) == 4, jax.devices()
+    """
+)
 
+_SHARDED = _FOUR_DEVICES + textwrap.dedent(
+    """
     def fn(q, seed):
         key = jax.random.PRNGKey(seed)
         rewards = jax.random.normal(key, (3, 64))
@@ -131,7 +135,12 @@ _SHARDED = textwrap.dedent(
     assert len(sharded.info["devices"]) == 4 and len(single.info["devices"]) == 1
     for k in ("phi", "p"):
         np.testing.assert_allclose(sharded.values[k], single.values[k], rtol=1e-12, atol=1e-15)
+    print("SHARDED-OK")
+    """
+)
 
+_SHARDED_SUPPORT = _FOUR_DEVICES + textwrap.dedent(
+    """
     # One support sharded over 4 devices: every map and certificate agrees.
     x = curax.grid_1d(-3.0, 3.0, 4000)
     rewards = jnp.stack([-(x - 1) ** 2, -(x + 1) ** 2, -0.5 * x ** 2])
@@ -164,16 +173,21 @@ _SHARDED = textwrap.dedent(
 )
 
 
-def test_sharded_paths_equal_unsharded():
+def _run_on_four_devices(script):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     proc = subprocess.run(
-        [sys.executable, "-c", _SHARDED],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
     )
     assert "SHARDED-OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_sharded_sweep_equals_unsharded():
+    _run_on_four_devices(_SHARDED)
+
+
+@pytest.mark.study
+def test_sharded_support_equals_unsharded():
+    _run_on_four_devices(_SHARDED_SUPPORT)
 
 
 _MULTIPROCESS = textwrap.dedent(
