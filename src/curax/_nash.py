@@ -21,6 +21,7 @@ from ._problem import (
     check_probability_vector,
     check_value,
     CurationProblem,
+    exp_normalised,
     is_concrete,
     simplex_tolerance,
 )
@@ -28,6 +29,10 @@ from ._solution import RESULTS, Solution, throw_if_failed
 
 
 Utility = Literal["exp", "linear", "matrix"]
+
+# Compiled once per shape: the anchors of a concrete problem, found at construction, would
+# otherwise compile each of the search's operations as its own program.
+_row_argmax = jax.jit(row_argmax)
 
 
 class BargainingProblem(eqx.Module):
@@ -91,7 +96,7 @@ class BargainingProblem(eqx.Module):
         dtype = utilities.dtype
         weights = check_probability_vector(weights, m, "weights", dtype, "utilities")
         if disagreement is None:
-            disagreement = jnp.zeros((m,), dtype)
+            disagreement = jnp.asarray(np.zeros((m,), dtype))  # (no JAX program per shape)
         disagreement = _as_float(disagreement, "disagreement").astype(dtype)
         if disagreement.shape == ():
             disagreement = jnp.broadcast_to(disagreement, (m,))
@@ -101,7 +106,7 @@ class BargainingProblem(eqx.Module):
             )
         disagreement = check_value(
             disagreement,
-            ~jnp.all(jnp.isfinite(disagreement)),
+            lambda xp, d: ~xp.all(xp.isfinite(d)),
             "`disagreement` must be finite.",
         )
         if family is not None:
@@ -124,7 +129,7 @@ class BargainingProblem(eqx.Module):
         self.disagreement = disagreement
         self.family = family
         self.log_scale = log_scale
-        self.anchors = row_argmax(utilities)
+        self.anchors = _row_argmax(utilities)
         self.utility = utility
         self.infinite_k_limit = bool(infinite_k_limit)
 
@@ -182,7 +187,7 @@ class BargainingProblem(eqx.Module):
         if rewards.ndim != 2:
             raise ValueError(f"`rewards` must have shape (m, n) or (n,), got {rewards.shape}.")
         rewards = check_value(
-            rewards, ~jnp.all(jnp.isfinite(rewards)), "`rewards` contains NaN or inf."
+            rewards, lambda xp, r: ~xp.all(xp.isfinite(r)), "`rewards` contains NaN or inf."
         )
         m = rewards.shape[0]
         dtype = rewards.dtype
@@ -198,11 +203,11 @@ class BargainingProblem(eqx.Module):
                 )
             temperature = check_value(
                 temperature,
-                ~jnp.all(jnp.isfinite(temperature) & (temperature > 0)),
+                lambda xp, t: ~xp.all(xp.isfinite(t) & (t > 0)),
                 "`temperature` must be finite and > 0.",
             )
-            s = rewards / (temperature[:, None] if temperature.ndim else temperature)
-            return _from_scaled(s, weights, disagreement, family, infinite_k_limit=False)
+            u, shift = exp_normalised(rewards, temperature)
+            return _from_normalised(u, shift, weights, disagreement, family, False)
         if utility == "linear":
             return cls(rewards, weights, disagreement, family, utility="linear")
         raise ValueError(f"`utility` must be 'exp' or 'linear', got {utility!r}.")
@@ -235,9 +240,8 @@ class BargainingProblem(eqx.Module):
             return BargainingProblem(
                 problem.tilt_weights, problem.weights, log_scale=shift, utility="exp"
             )
-        return _from_scaled(
-            problem.scaled_rewards, problem.weights, None, None, infinite_k_limit=finite
-        )
+        u, shift = exp_normalised(problem.rewards, problem.temperature)
+        return _from_normalised(u, shift, problem.weights, None, None, finite)
 
     def objective(self, p: Float[Array, " n"]) -> Float[Array, ""]:
         """The log weighted Nash product `sum_i alpha_i log(u_i(p) - d_i)` in the utilities'
@@ -248,29 +252,31 @@ class BargainingProblem(eqx.Module):
 
 def _check_rows(family: Array, n: int) -> Array:
     tol = simplex_tolerance(family.dtype)
-    family = check_value(family, ~jnp.all(jnp.isfinite(family)), "`family` contains NaN or inf.")
+    family = check_value(
+        family, lambda xp, f: ~xp.all(xp.isfinite(f)), "`family` contains NaN or inf."
+    )
     family = check_value(
         family,
-        jnp.any(family < -tol),
+        lambda xp, f: xp.any(f < -tol),
         "Every row of `family` must be a distribution (>= 0).",
     )
     return check_value(
         family,
-        jnp.any(jnp.abs(jnp.sum(family, axis=1) - 1) > tol),
+        lambda xp, f: xp.any(xp.abs(xp.sum(f, axis=1) - 1) > tol),
         "Every row of `family` must be a distribution (sum to 1).",
     )
 
 
-def _from_scaled(
-    s: Array,
+def _from_normalised(
+    u: Array,
+    shift: Array,
     weights: ArrayLike | None,
     disagreement: Array | None,
     family: ArrayLike | None,
-    *,
     infinite_k_limit: bool,
 ) -> BargainingProblem:
-    shift = jax.lax.stop_gradient(jnp.max(s, axis=1))
-    u = jnp.exp(s - shift[:, None])
+    # `(u, shift)` from `exp_normalised`: u = exp(s - shift), the disagreement point rescaled
+    # to the same units.
     d = None if disagreement is None else disagreement * jnp.exp(-shift)
     return BargainingProblem(
         u,
@@ -886,7 +892,9 @@ def checked_reference_weight(problem: CurationProblem) -> CurationProblem:
     a `ValueError` when it is concrete, else an `eqx.error_if` in the caller's program."""
     rw = problem.reference_weight
     checked = check_value(
-        rw, rw <= 0, "`mixing_fixed_point` needs `reference_weight > 0` (the real-data fraction)."
+        rw,
+        lambda xp, w: w <= 0,
+        "`mixing_fixed_point` needs `reference_weight > 0` (the real-data fraction).",
     )
     if checked is rw:
         return problem

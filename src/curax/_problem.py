@@ -104,12 +104,32 @@ def is_concrete(*xs: Any) -> bool:
 
 def check_value(x: Array, bad: Any, message: str) -> Array:
     """Refuse a bad runtime value: a `ValueError` now when `x` is concrete, else an
-    `eqx.error_if` that fires when the traced computation runs."""
+    `eqx.error_if` that fires when the traced computation runs. `bad` is a boolean array, or
+    a function `bad(xp, x)` of an array module and `x`: numpy for a concrete `x` (a check then
+    compiles no JAX operation, each ~0.05 s for every new shape), jax.numpy inside a trace."""
+    if callable(bad):
+        if not is_concrete(x):
+            return eqx.error_if(x, bad(jnp, x), message)
+        with np.errstate(all="ignore"):  # inf and NaN are what the checks look for
+            bad = bad(np, np.asarray(x))
     if is_concrete(x, bad):
         if bool(np.any(np.asarray(bad))):
             raise ValueError(message)
         return x
     return eqx.error_if(x, bad, message)
+
+
+@jax.jit
+def exp_normalised(rewards: Array, temperature: Array) -> tuple[Array, Array]:
+    """`(exp(s - max s), max s)` row by row, for the scaled rewards `s = rewards /
+    temperature` (a scalar or one per row), the maximum held constant under
+    differentiation. One compiled program per shape (run op by op at construction, each
+    operation would compile on its own), shared by both Nash entries so that they see the
+    same bits."""
+    t = temperature[:, None] if temperature.ndim else temperature
+    s = rewards / t
+    shift = jax.lax.stop_gradient(jnp.max(s, axis=-1))
+    return jnp.exp(s - shift[:, None]), shift
 
 
 def safe_spread(dtype: Any) -> float:
@@ -143,7 +163,9 @@ def check_matrix(x: ArrayLike, name: str, row: str) -> Array:
             f"`{name}` must have shape (m, n) (one {row} per row) or (n,), got {x.shape}."
         )
     return check_value(
-        x, ~jnp.all(jnp.isfinite(x)), f"`{name}` contains NaN or inf; every {row} must be finite."
+        x,
+        lambda xp, v: ~xp.all(xp.isfinite(v)),
+        f"`{name}` contains NaN or inf; every {row} must be finite.",
     )
 
 
@@ -162,12 +184,12 @@ def check_probability_vector(
         )
     x = check_value(
         x,
-        ~jnp.all(jnp.isfinite(x)) | jnp.any(x < 0),
+        lambda xp, v: ~xp.all(xp.isfinite(v)) | xp.any(v < 0),
         f"`{name}` must be finite and non-negative (a probability vector over {over}).",
     )
     x = check_value(
         x,
-        jnp.abs(jnp.sum(x) - 1) > simplex_tolerance(dtype),
+        lambda xp, v: xp.abs(xp.sum(v) - 1) > simplex_tolerance(dtype),
         f"`{name}` must sum to 1 (a probability vector over {over}).",
     )
     return x / jnp.sum(x)
@@ -191,7 +213,7 @@ def _distribution_checks(p: Any, name: str, xp: Any = jnp) -> tuple[list[Any], l
     return preds, msgs
 
 
-def _check_branches(x: Any, preds: list[Array], msgs: list[str]) -> Any:
+def _check_branches(x: Any, preds: list[Any], msgs: list[str]) -> Any:
     """Like [`check_value`][] for several conditions at once: the first that holds is
     reported. Traced, they become one `eqx.branched_error_if` on `x` (keep `x` small: the
     check passes `x` through, and a large array may be copied)."""
@@ -217,7 +239,10 @@ def check_distribution(p: ArrayLike, n: int, name: str = "p", dtype: Any = None)
     """Validate a distribution on `n` points: shape `(n,)`, finite, non-negative and summing to 1
     (within [`simplex_tolerance`][]); returns it as an array (inside `jit` via `eqx.error_if`)."""
     p = _distribution_shape(p, n, name, dtype)
-    preds, msgs = _distribution_checks(p, name)
+    if not is_concrete(p):
+        return _check_branches(p, *_distribution_checks(p, name))
+    with np.errstate(all="ignore"):
+        preds, msgs = _distribution_checks(np.asarray(p), name, np)
     return _check_branches(p, preds, msgs)
 
 
@@ -442,7 +467,7 @@ class CurationProblem(eqx.Module):
             )
         temperature = check_value(
             temperature,
-            ~jnp.all(jnp.isfinite(temperature) & (temperature > 0)),
+            lambda xp, t: ~xp.all(xp.isfinite(t) & (t > 0)),
             "`temperature` must be finite and > 0.",
         )
 
@@ -453,13 +478,13 @@ class CurationProblem(eqx.Module):
             )
         reference_weight = check_value(
             reference_weight,
-            ~((reference_weight >= 0) & (reference_weight <= 1)),
+            lambda xp, w: ~((w >= 0) & (w <= 1)),
             "`reference_weight` (the real-data fraction) must lie in [0, 1].",
         )
         if reference is None:
             reference_weight = check_value(
                 reference_weight,
-                reference_weight > 0,
+                lambda xp, w: w > 0,
                 "`reference_weight` > 0 needs a `reference` distribution.",
             )
         else:
@@ -472,10 +497,12 @@ class CurationProblem(eqx.Module):
         # sizes the quadrature and lets the K -> infinity map skip its underflow guard.
         spreads = None
         if is_concrete(rewards, temperature):
-            scaled = np.asarray(
-                rewards / (temperature[:, None] if temperature.ndim else temperature)
-            )
-            spreads = np.ptp(scaled, axis=1)
+            # In numpy (no JAX operation compiled per shape); IEEE division, the same values.
+            # An overflow to inf is refused below with its cause.
+            t_np = np.asarray(temperature)
+            with np.errstate(over="ignore", invalid="ignore"):
+                scaled = np.asarray(rewards) / (t_np[:, None] if t_np.ndim else t_np)
+                spreads = np.ptp(scaled, axis=1)
         if quadrature_nodes is not None and (
             isinstance(quadrature_nodes, bool)
             or not isinstance(quadrature_nodes, (int, np.integer))
@@ -503,7 +530,7 @@ class CurationProblem(eqx.Module):
             top = np.max(scaled[finite], axis=1, keepdims=True)
             bins = np.minimum((top - scaled[finite]) / _ORDER_BIN, np.iinfo(np.int16).max)
             order = np.argsort(bins.astype(np.int16), axis=1, kind="stable")
-            finite_order = jnp.asarray(order, dtype=jnp.int32)
+            finite_order = jnp.asarray(order.astype(np.int32))
 
         self.rewards = rewards
         self.weights = weights
@@ -514,11 +541,13 @@ class CurationProblem(eqx.Module):
         self.k_values = None
         infinite = reward_groups(ks).infinite
         if infinite:
-            t = temperature[jnp.array(infinite)][:, None] if temperature.ndim else temperature
-            scaled = rewards[jnp.array(infinite)] / t
-            self.tilt_weights = jnp.exp(
-                scaled - jax.lax.stop_gradient(jnp.max(scaled, axis=-1, keepdims=True))
-            )
+            if len(infinite) < m:  # (all rows: no gather to compile)
+                rows = np.array(infinite)
+                rewards_inf = rewards[rows]
+                t = temperature[rows] if temperature.ndim else temperature
+            else:
+                rewards_inf, t = rewards, temperature
+            self.tilt_weights, _ = exp_normalised(rewards_inf, t)
         else:
             self.tilt_weights = None
         self.finite_order = finite_order
@@ -583,7 +612,7 @@ class CurationProblem(eqx.Module):
 
     def uniform(self) -> Float[Array, " n"]:
         """The uniform distribution on the support (a full-support starting point)."""
-        return jnp.full((self.size,), 1.0 / self.size, self.rewards.dtype)
+        return jnp.asarray(np.full((self.size,), 1.0 / self.size, self.rewards.dtype))
 
 
 def canonical_k(problem: Any) -> Any:
