@@ -110,8 +110,11 @@ def check_value(x: Array, bad: Any, message: str) -> Array:
     if callable(bad):
         if not is_concrete(x):
             return eqx.error_if(x, bad(jnp, x), message)
-        with np.errstate(all="ignore"):  # inf and NaN are what the checks look for
-            bad = bad(np, np.asarray(x))
+        if getattr(x, "is_fully_addressable", True):
+            with np.errstate(all="ignore"):  # inf and NaN are what the checks look for
+                bad = bad(np, np.asarray(x))
+        else:  # spread over several processes: reduced by JAX, the verdict replicated
+            bad = bad(jnp, x)
     if is_concrete(x, bad):
         if bool(np.any(np.asarray(bad))):
             raise ValueError(message)
@@ -239,7 +242,7 @@ def check_distribution(p: ArrayLike, n: int, name: str = "p", dtype: Any = None)
     """Validate a distribution on `n` points: shape `(n,)`, finite, non-negative and summing to 1
     (within [`simplex_tolerance`][]); returns it as an array (inside `jit` via `eqx.error_if`)."""
     p = _distribution_shape(p, n, name, dtype)
-    if not is_concrete(p):
+    if not (is_concrete(p) and getattr(p, "is_fully_addressable", True)):
         return _check_branches(p, *_distribution_checks(p, name))
     with np.errstate(all="ignore"):
         preds, msgs = _distribution_checks(np.asarray(p), name, np)
