@@ -427,9 +427,13 @@ def section_phase(cfg: SuiteConfig, out: Path) -> dict[str, Any]:
     axes[0][0].set_ylabel("q")
     bar = fig.colorbar(img, ax=list(axes[0]), ticks=range(1, top + 1))
     bar.set_label("atoms of the stable point")
+    # Above the figure's top edge (the saved image's tight box takes it in): at its default
+    # height it overlapped the panels' titles.
     fig.suptitle(
         "stable point structure (C compromise, 1B one basin, 2B two basins; ? not certified)",
         fontsize=9,
+        y=1.0,
+        va="bottom",
     )
     verdicts = {"stable point certified at every grid point": bool(certified.all())}
     if 2.0 in seps and 4 in kl and 0.5 in qs:
