@@ -86,11 +86,29 @@ def default_cases(keep):
     return mark
 
 
+def key_rng(key):
+    """A numpy generator seeded by a (raw uint32) JAX key: test data drawn on the host, not by
+    JAX programs compiled for every shape."""
+    return np.random.default_rng(np.asarray(key).tolist())
+
+
 def flat_dirichlet(key, n, shape=()):
     """Flat Dirichlet draws on the n-simplex, shape `(*shape, n)`, seeded by a JAX key: the
     distribution of `jr.dirichlet(key, jnp.ones(n), shape)`, drawn by numpy (JAX compiles its
     gamma sampler anew for every shape, ~2.4 s)."""
     import jax.numpy as jnp
 
-    rng = np.random.default_rng(np.asarray(key).tolist())
-    return jnp.asarray(rng.dirichlet(np.ones(n), shape or None))
+    return jnp.asarray(key_rng(key).dirichlet(np.ones(n), shape or None))
+
+
+def random_case(seed, n, spread, zero_mass=False):
+    """Rewards uniform on [0, spread] (both ends attained) and a flat-Dirichlet p on n points;
+    with `zero_mass`, one point carries no mass (off the support)."""
+    rng = np.random.default_rng(seed)
+    r = rng.uniform(0.0, spread, n)
+    r[0], r[-1] = 0.0, spread
+    p = rng.dirichlet(np.ones(n))
+    if zero_mass:
+        p[rng.integers(n)] = 0.0
+        p /= p.sum()
+    return r, p

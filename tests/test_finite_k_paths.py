@@ -13,7 +13,14 @@ import pytest
 from curax import _maps
 from curax._problem import canonical_k, k_bucket
 
-from .helpers import brute_force_growth, default_cases, flat_dirichlet, multinomial_growth
+from .helpers import (
+    brute_force_growth,
+    default_cases,
+    flat_dirichlet,
+    key_rng,
+    multinomial_growth,
+    random_case,
+)
 
 
 # The kernel and its parts compiled as the entry points compile them, one program per call:
@@ -38,17 +45,6 @@ _growth_windowed = jax.jit(_maps._growth_windowed)
 _chebyshev_low = jax.jit(_maps._chebyshev_low)
 _order_pays = jax.jit(_maps._order_pays)
 _reward_growths = eqx.filter_jit(_maps.reward_growths)
-
-
-def _random_case(seed, n, spread, zero_mass=False):
-    rng = np.random.default_rng(seed)
-    r = rng.uniform(0.0, spread, n)
-    r[0], r[-1] = 0.0, spread
-    p = rng.dirichlet(np.ones(n))
-    if zero_mass:
-        p[rng.integers(n)] = 0.0
-        p /= p.sum()
-    return r, p
 
 
 def _atoms_on_labels(seed, n, spread, p_atoms):
@@ -129,7 +125,7 @@ def test_ordered_paths_match_enumeration(k, spread):
     # (k-1)-tuple enumerated, points off the support included.
     for seed in range(2):
         n = 5 + seed
-        r, p = _random_case(seed, n, spread, zero_mass=True)
+        r, p = random_case(seed, n, spread, zero_mass=True)
         nodes = curax.nodes_for_spread(spread)
         expected = brute_force_growth(p, np.exp(r - r.max()), min(k, 6))
         g = _laplace_growth(
@@ -260,7 +256,7 @@ def _quadratic_spread(key, n, m, spread):
     # The benchmark's "quadratic, spread s" family: 1-D quadratic rewards with random centres,
     # rescaled to span exactly `spread` nats (smooth: consecutive points have close rewards).
     # Drawn by numpy from the key: test data, not JAX programs to compile for every shape.
-    rng = np.random.default_rng(np.asarray(key).tolist())
+    rng = key_rng(key)
     x = np.linspace(-1.0, 1.0, n)
     c = rng.uniform(-1.0, 1.0, (m, 1))
     r = -((x[None, :] - c) ** 2)
@@ -270,7 +266,7 @@ def _quadratic_spread(key, n, m, spread):
 
 def _random_p(key, n, support):
     # Random p with full support, or with a random `support` fraction of the points.
-    rng = np.random.default_rng(np.asarray(key).tolist())
+    rng = key_rng(key)
     p = rng.dirichlet(np.ones(n))
     if support < 1.0:
         p = np.where(rng.uniform(size=n) < support, p, 0.0)

@@ -12,18 +12,8 @@ from .helpers import (
     default_cases,
     flat_dirichlet,
     multinomial_growth,
+    random_case,
 )
-
-
-def _random_case(seed, n, spread, zero_mass=False):
-    rng = np.random.default_rng(seed)
-    r = rng.uniform(0.0, spread, n)
-    r[0], r[-1] = 0.0, spread
-    p = rng.dirichlet(np.ones(n))
-    if zero_mass:
-        p[rng.integers(n)] = 0.0
-        p /= p.sum()
-    return r, p
 
 
 @pytest.mark.parametrize("k", [2, 3, 4, 5, 6])
@@ -34,7 +24,7 @@ def test_finite_k_matches_enumeration(k, spread, zero_mass):
     # the support (zero mass) whose growth factor decides stability.
     for seed in range(3):
         n = 2 + (seed + k) % 4
-        r, p = _random_case(seed, n, spread, zero_mass)
+        r, p = random_case(seed, n, spread, zero_mass)
         problem = curax.CurationProblem(jnp.asarray(r), k=k)
         g = np.asarray(curax.growth(jnp.asarray(p), problem))
         expected = brute_force_growth(p, np.exp(r - r.max()), k)

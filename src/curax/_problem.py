@@ -108,18 +108,22 @@ def check_value(x: Array, bad: Any, message: str) -> Array:
     a function `bad(xp, x)` of an array module and `x`: numpy for a concrete `x` (a check then
     compiles no JAX operation, each ~0.05 s for every new shape), jax.numpy inside a trace."""
     if callable(bad):
-        if not is_concrete(x):
-            return eqx.error_if(x, bad(jnp, x), message)
-        if getattr(x, "is_fully_addressable", True):
-            with np.errstate(all="ignore"):  # inf and NaN are what the checks look for
-                bad = bad(np, np.asarray(x))
-        else:  # spread over several processes: reduced by JAX, the verdict replicated
-            bad = bad(jnp, x)
+        bad = _predicates(bad, x)
     if is_concrete(x, bad):
         if bool(np.any(np.asarray(bad))):
             raise ValueError(message)
         return x
     return eqx.error_if(x, bad, message)
+
+
+def _predicates(fn: Callable[[Any, Any], Any], x: Any) -> Any:
+    """`fn(xp, x)`: by numpy (`xp = np`) when `x` is concrete and held by this process, so that
+    a check compiles no JAX operation (each ~0.05 s for every new shape); by jax.numpy inside a
+    trace, or for an array spread over processes (reduced by JAX, the verdict replicated)."""
+    if not (is_concrete(x) and getattr(x, "is_fully_addressable", True)):
+        return fn(jnp, x)
+    with np.errstate(all="ignore"):  # inf and NaN are what the checks look for
+        return fn(np, np.asarray(x))
 
 
 @jax.jit
@@ -242,24 +246,8 @@ def check_distribution(p: ArrayLike, n: int, name: str = "p", dtype: Any = None)
     """Validate a distribution on `n` points: shape `(n,)`, finite, non-negative and summing to 1
     (within [`simplex_tolerance`][]); returns it as an array (inside `jit` via `eqx.error_if`)."""
     p = _distribution_shape(p, n, name, dtype)
-    if not (is_concrete(p) and getattr(p, "is_fully_addressable", True)):
-        return _check_branches(p, *_distribution_checks(p, name))
-    with np.errstate(all="ignore"):
-        preds, msgs = _distribution_checks(np.asarray(p), name, np)
+    preds, msgs = _predicates(lambda xp, v: _distribution_checks(v, name, xp), p)
     return _check_branches(p, preds, msgs)
-
-
-def check_concrete_distribution(p: Any, n: int, name: str = "p", dtype: Any = None) -> None:
-    """When `p` is concrete (not traced), raise the `ValueError` that
-    [`check_distribution`][] would raise; do nothing for a traced `p`. Public entry points
-    call this before their `jit`, where the same checks become `eqx.error_if`."""
-    if not is_concrete(p):
-        return
-    p = _distribution_shape(p, n, name, dtype)
-    p_np = np.asarray(p)
-    for bad, msg in zip(*_distribution_checks(p_np, name, np)):
-        if bool(bad):
-            raise ValueError(msg)
 
 
 def check_input_distribution(p: Any, n: int, name: str = "p", dtype: Any = None) -> Any:
@@ -273,7 +261,7 @@ def check_input_distribution(p: Any, n: int, name: str = "p", dtype: Any = None)
     `eqx.error_if` is a host callback, and JAX never writes a program with a host callback to
     its persistent compilation cache, so a checked kernel would recompile in every process."""
     if is_concrete(p):
-        check_concrete_distribution(p, n, name, dtype)
+        check_distribution(p, n, name, dtype)
         return p
     return check_distribution(p, n, name, dtype)
 
