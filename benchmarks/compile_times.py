@@ -3,12 +3,15 @@
     python benchmarks/compile_times.py                 # entry points + reproduce --quick
     python benchmarks/compile_times.py --full          # also the full `curax reproduce`
     python benchmarks/compile_times.py --only curate   # a subset (regex on entry names)
+    python benchmarks/compile_times.py --xla-defaults  # also without curax's XLA options
     python benchmarks/compile_times.py --no-entries --count-compiles --phase-diagram
         # reproduce --quick with the programs it compiles, by name, and theory.phase_diagram
 
 Each measurement runs in a fresh process (every process starts cold in memory, as a user's
 does). "cold" uses an empty persistent compilation cache folder (so it includes writing the
-cache), "warm" reruns the same process with that folder populated, "off" runs without a cache.
+cache), "warm" reruns the same process with that folder populated, "off" runs without a cache;
+with `--xla-defaults`, "off, XLA default options" runs without a cache and with XLA's default
+compiler options instead of curax's (`CURAX_XLA_DEFAULT_OPTIONS=1`, see src/curax/_jit.py).
 For an entry point, the first call (trace + compile + run) and a second call on new inputs of
 the same shapes (run only) are timed; compile = first - second. For `curax reproduce` the
 wall time of the whole command and its user CPU time are recorded (the CPU time is less
@@ -298,9 +301,11 @@ def _run_child(args: list[str], env: dict[str, str]) -> tuple[str, float, float,
     return out, wall, cpu, proc.returncode
 
 
-def _env(cache: str | None) -> dict[str, str]:
+def _env(cache: str | None, xla_defaults: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    # curax's own compiler options (src/curax/_jit.py), or XLA's defaults for comparison.
+    env["CURAX_XLA_DEFAULT_OPTIONS"] = "1" if xla_defaults else "0"
     if cache is None:
         env["CURAX_NO_COMPILATION_CACHE"] = "1"
     else:
@@ -312,12 +317,17 @@ def _env(cache: str | None) -> dict[str, str]:
 def measure_entry(name: str, mode: str, cache: str | None) -> dict:
     jax_cache = None if cache is None else str(Path(cache) / "curax" / "jax")
     argv = [sys.executable, __file__, "--child", name, "--cache", jax_cache or ""]
-    out, wall, cpu, code = _run_child(argv, _env(cache))
+    out, wall, cpu, code = _run_child(argv, _env(cache, xla_defaults=mode == _XLA_DEFAULTS))
     row = {"what": name, "mode": mode, "process_wall_s": wall, "process_cpu_s": cpu}
     if code != 0:
         return row | {"error": out.strip().splitlines()[-1] if out.strip() else str(code)}
     data = json.loads(out.strip().splitlines()[-1])
     return row | data | {"compile_s": data["first_s"] - data["second_s"]}
+
+
+# The mode of a run without persistent cache and with XLA's default compiler options instead
+# of curax's: the same entry point, back to back, shows what the options change.
+_XLA_DEFAULTS = "off, XLA default options"
 
 
 def measure_reproduce(
@@ -328,7 +338,8 @@ def measure_reproduce(
         argv += [str(Path(tmp) / "out")] + (["--quick"] if quick else [])
         if cache is None:
             argv.append("--no-cache")
-        env = _env(cache) | ({"EQX_ON_ERROR": "nan"} if eqx_nan else {})
+        env = _env(cache, xla_defaults=mode == _XLA_DEFAULTS)
+        env |= {"EQX_ON_ERROR": "nan"} if eqx_nan else {}
         if count:
             env["JAX_LOG_COMPILES"] = "1"
         load = _load()
@@ -457,6 +468,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--no-off", action="store_true", help="skip the runs without a persistent cache"
     )
     ap.add_argument(
+        "--xla-defaults",
+        action="store_true",
+        help=f"also run every measurement of mode 'off' with XLA's default compiler options "
+        f"(mode '{_XLA_DEFAULTS}') instead of curax's",
+    )
+    ap.add_argument(
         "--eqx-nan",
         action="store_true",
         help="also time reproduce with EQX_ON_ERROR=nan: programs with runtime checks "
@@ -513,6 +530,7 @@ def main(argv: list[str] | None = None) -> dict:
             for name in names:
                 cache = str(Path(scratch) / re.sub(r"\W+", "_", name))
                 modes = [("cold", cache), ("warm", cache)] + [("off", None)] * (not args.no_off)
+                modes += [(_XLA_DEFAULTS, None)] * args.xla_defaults
                 for mode, folder in modes:
                     row = measure_entry(name, mode, folder)
                     report["entries"].append(row)
@@ -520,7 +538,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.no_reproduce:
             for quick in (True, False) if args.full else (True,):
                 cache = str(Path(scratch) / f"reproduce_{'quick' if quick else 'full'}")
-                modes = [("off", None)] * (not args.no_off) + [("cold", cache)]
+                modes = [("off", None)] * (not args.no_off)
+                modes += [(_XLA_DEFAULTS, None)] * args.xla_defaults + [("cold", cache)]
                 modes += [("warm", cache)] * args.repeats
                 for mode, folder in modes:
                     row = measure_reproduce(quick, mode, folder, count=args.count_compiles)

@@ -4,7 +4,11 @@ recompile in every process), while every check still fires: a concrete bad input
 `ValueError` before `jit`, a traced one (the user's own `jit`) an `eqx.error_if`, and
 `throw=True` still raises."""
 
+import json
+import os
 import re
+import subprocess
+import sys
 
 import curax
 import equinox as eqx
@@ -12,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from curax import _fixed_point, _maps, _nash, _sampling, _stability, _stable_point
+from curax import _fixed_point, _jit, _maps, _nash, _sampling, _stability, _stable_point
 
 
 def _callbacks(jitted, *args, **kwargs) -> list[str]:
@@ -172,3 +176,60 @@ def test_sampling_kernels_have_no_host_callback_and_check_traced_p():
 
     with pytest.raises(Exception, match="`p` must sum to 1"):
         draw(jnp.ones(41))
+
+
+def test_compiler_options_probed_and_refusable(monkeypatch):
+    # The option the library compiles with is known to this XLA; an unknown one (a future XLA
+    # that dropped it) or the opt-out gives XLA's defaults, decided before any user program.
+    try:
+        assert _jit.compiler_options() == _jit._OPTIONS
+        monkeypatch.setattr(_jit, "_OPTIONS", {"xla_cpu_no_such_option": True})
+        _jit.compiler_options.cache_clear()
+        assert _jit.compiler_options() == {}
+        monkeypatch.undo()
+        monkeypatch.setenv("CURAX_XLA_DEFAULT_OPTIONS", "1")
+        _jit.compiler_options.cache_clear()
+        assert _jit.compiler_options() == {}
+    finally:
+        monkeypatch.undo()
+        _jit.compiler_options.cache_clear()
+    assert _jit.compiler_options() == _jit._OPTIONS
+    # Only calls without a finite-K problem among their arguments get them (the quadrature's
+    # code is faster with XLA's defaults); the problem may sit inside another pytree.
+    probs = _problems()
+    assert not _jit._finite_k(((probs["inf"], probs["inf_ref"]), {"tol": 1e-9}))
+    assert _jit._finite_k(((probs["inf"],), {"args": [probs["k3_ref"]]}))
+    assert _jit._finite_k(probs["mixed"])
+
+
+def _results_to_compare() -> dict:
+    x, inf = curax.two_basin_problem(n=41, separation=2.0, q=0.3)
+    _, k3 = curax.two_basin_problem(n=41, separation=2.0, q=0.3, k=3)
+    return {
+        "nash": curax.stable_point(inf).value.tolist(),
+        "curate_k3": curax.curate(k3.uniform(), k3).tolist(),
+        "traced": jax.jit(curax.curate)(inf.uniform(), inf).tolist(),
+    }
+
+
+@pytest.mark.study  # every default test already checks results compiled with the options
+def test_compiler_options_change_no_result():
+    # curax's programs compiled with XLA's default options (another code generator) give the
+    # same solution and map values, to rounding.
+
+    assert _jit.compiler_options()  # this process: curax's options
+    script = (
+        "import json, jax; jax.config.update('jax_enable_x64', True); import curax; "
+        "from tests.test_cache import _results_to_compare; "
+        "print(json.dumps(_results_to_compare()))"
+    )
+    env = dict(os.environ, CURAX_XLA_DEFAULT_OPTIONS="1", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=root
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    defaults = json.loads(proc.stdout.strip().splitlines()[-1])
+    ours = _results_to_compare()
+    for name in ours:
+        np.testing.assert_allclose(ours[name], defaults[name], rtol=1e-12, atol=1e-15)

@@ -17,6 +17,7 @@ import optimistix as optx
 from equinox.internal import ω
 from jaxtyping import Array, ArrayLike, PyTree
 
+from ._jit import filter_jit
 from ._maps import AbstractReplicatorMap, CurationMap, unchecked_map
 from ._problem import canonical_k, check_input_distribution, CurationProblem, simplex_tolerance
 from ._solution import RESULTS, Solution, throw_if_failed
@@ -250,7 +251,7 @@ def _inexact(x: ArrayLike) -> Array:
     return x
 
 
-@eqx.filter_jit
+@filter_jit
 def _fixed_point(
     fn: Callable,
     solver: optx.AbstractFixedPointSolver,

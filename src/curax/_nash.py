@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from ._jit import filter_jit
 from ._nash_solver import row_argmax, solve_nash
 from ._problem import (
     _as_float,
@@ -530,7 +531,7 @@ def _check_solvable(e: Array, alpha: Array, disagreement: Array, check_sign: boo
     return alpha
 
 
-@eqx.filter_jit
+@filter_jit
 def _nash_solution_core(
     e: Array,
     alpha: Array,
@@ -720,7 +721,7 @@ def nash_optimize(
     return throw_if_failed(out, throw)
 
 
-@eqx.filter_jit
+@filter_jit
 def _nash_optimize(
     problem: BargainingProblem,
     optimizer: Any,
@@ -901,7 +902,7 @@ def checked_reference_weight(problem: CurationProblem) -> CurationProblem:
     return eqx.tree_at(lambda pr: pr.reference_weight, problem, checked)
 
 
-@eqx.filter_jit
+@filter_jit
 def _mixing_fixed_point(problem: CurationProblem, *, tol: float | None, max_steps: int) -> Solution:
     s = problem.scaled_rewards
     dtype = s.dtype

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Complex, Float, Int
 
+from ._jit import filter_jit
 from ._maps import AbstractReplicatorMap, curate, CurationMap, unchecked_map
 from ._problem import canonical_k, check_input_distribution, CurationProblem
 from ._solver._misc import to_simplex
@@ -84,7 +85,7 @@ def _arnoldi_ritz(matvec, v0: Array, k: int) -> Array:
     return jnp.linalg.eigvals(hess[:k, :k])
 
 
-@eqx.filter_jit
+@filter_jit
 def _stability(p, problem, fn, support_tol, tol, krylov_dim):
     # `p` was validated before the `jit`; the map's own checks on the points it is
     # linearised at would only add host callbacks (no persistent caching).

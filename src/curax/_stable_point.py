@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._fixed_point import fixed_point
+from ._jit import filter_jit
 from ._maps import CurationMap, mixed_growth
 from ._nash import _mixing_fixed_point, checked_reference_weight, nash_solution
 from ._problem import (
@@ -396,10 +397,10 @@ def _finite_k(problem, p0, tol, max_steps, method: Method, fallback: bool):
     return p, result, cert, ok, finite, evals, steps, i > 1
 
 
-_fallback_start = eqx.filter_jit(_dynamics)
+_fallback_start = filter_jit(_dynamics)
 
 
-@eqx.filter_jit
+@filter_jit
 def _stable_point(
     problem: CurationProblem,
     p0: Array,
