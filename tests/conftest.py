@@ -1,6 +1,7 @@
 import os
 import shutil
 import tempfile
+import zlib
 
 
 # Keep BLAS from oversubscribing the 2 CI cores.
@@ -65,8 +66,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def getkey():
-    return eqxi.GetKey()
+def getkey(request):
+    # Seeded by the test's id: a failure reproduces on rerun (an unseeded GetKey draws a new
+    # seed per run, and a statistical bound then fails at random, once in a while).
+    return eqxi.GetKey(seed=zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture(autouse=True, scope="module")

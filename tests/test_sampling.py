@@ -95,8 +95,9 @@ def test_mixture_collapse(getkey):
     assert kept.shape == (5, 500, 2)
     assert models.means.shape == (5, 4, 2)
     kept = np.asarray(kept)
-    # One reward: the mass moves to its well and the spread shrinks (over 12 seeds:
-    # left >= 0.87, variance ratio <= 0.125 after 4 rounds).
+    # One reward: the mass moves to its well and the spread shrinks. After 4 rounds, over the
+    # GetKey seeds 0..29: left >= 0.93, variance ratio <= 0.127; a rare start is slower (seed
+    # 173238859: left 0.722, ratio 0.142), hence the seeded `getkey`.
     assert (kept[-1, :, 0] < 0).mean() > 0.75
     assert kept[-1].var(0).sum() < kept[0].var(0).sum() / 4
 
