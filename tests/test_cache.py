@@ -200,6 +200,11 @@ def test_compiler_options_probed_and_refusable(monkeypatch):
     assert not _jit._finite_k(((probs["inf"], probs["inf_ref"]), {"tol": 1e-9}))
     assert _jit._finite_k(((probs["inf"],), {"args": [probs["k3_ref"]]}))
     assert _jit._finite_k(probs["mixed"])
+    # `fixed_point`: a curation map gets them, a user's own map (maybe run-time bound) not.
+    jitted = _fixed_point._fixed_point
+    assert jitted._get((curax.curate, None, None, probs["inf"]), {}) is jitted._fast
+    assert jitted._get((curax.curate, None, None, probs["k3"]), {}) is jitted._plain
+    assert jitted._get((lambda y, _: y, None, None, None), {}) is jitted._plain
 
 
 def _results_to_compare() -> dict:

@@ -251,7 +251,9 @@ def _inexact(x: ArrayLike) -> Array:
     return x
 
 
-@filter_jit
+# curax's options for curation maps only: a user's map may be run-time bound, and XLA's
+# default code generator made faster code for large elementwise work.
+@filter_jit(when=lambda fn, *args, **kwargs: isinstance(fn, AbstractReplicatorMap))
 def _fixed_point(
     fn: Callable,
     solver: optx.AbstractFixedPointSolver,

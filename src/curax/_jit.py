@@ -57,15 +57,17 @@ def _finite_k(tree: Any) -> bool:
 class _Jit:
     # Built at the first call, not at import: the options are probed with a compile, and
     # importing curax must not initialise a JAX backend.
-    def __init__(self, fn: Callable, kwargs: dict[str, Any]):
+    def __init__(self, fn: Callable, when: Callable | None, kwargs: dict[str, Any]):
         self._fn = fn
+        self._when = when
         self._kwargs = kwargs
         self._fast = None
         self._plain = None
         functools.update_wrapper(self, fn)
 
     def _get(self, args: tuple, kwargs: dict):
-        if trace_state_clean() and not _finite_k((args, kwargs)):
+        fast = trace_state_clean() and not _finite_k((args, kwargs))
+        if fast and (self._when is None or self._when(*args, **kwargs)):
             if self._fast is None:
                 options = compiler_options() or None
                 self._fast = eqx.filter_jit(self._fn, compiler_options=options, **self._kwargs)
@@ -81,8 +83,10 @@ class _Jit:
         return self._get(args, kwargs).lower(*args, **kwargs)
 
 
-def filter_jit(fn: Callable | None = None, **kwargs) -> Any:
-    """`eqx.filter_jit(fn, **kwargs)` with curax's compiler options (for a solver program)."""
+def filter_jit(fn: Callable | None = None, *, when: Callable | None = None, **kwargs) -> Any:
+    """`eqx.filter_jit(fn, **kwargs)` with curax's compiler options (for a solver program),
+    for the calls without a finite-K problem in their arguments for which `when(*args,
+    **kwargs)` (default: all of them) holds."""
     if fn is None:
-        return functools.partial(filter_jit, **kwargs)
-    return _Jit(fn, kwargs)
+        return functools.partial(filter_jit, when=when, **kwargs)
+    return _Jit(fn, when, kwargs)
