@@ -26,9 +26,16 @@ from typing import Any
 import equinox as eqx
 import jax
 import numpy as np
-from jax._src.core import trace_state_clean
 
 from ._problem import CurationProblem
+
+
+try:  # no public name: whether this call is under a JAX transformation
+    from jax._src.core import trace_state_clean
+except ImportError:  # a JAX that moved it: always XLA's defaults, never an error
+
+    def trace_state_clean() -> bool:
+        return False
 
 
 _OPTIONS = {"xla_cpu_use_fusion_emitters": False}
