@@ -58,7 +58,7 @@ def _finite_k(tree: Any) -> bool:
     """Whether a finite-K curation problem is among the leaves of `tree`."""
     is_problem = lambda x: isinstance(x, CurationProblem)  # noqa: E731
     leaves = jax.tree.leaves(tree, is_leaf=is_problem)
-    return any(is_problem(x) and any(k is not None for k in x.ks) for x in leaves)
+    return any(is_problem(x) and x.has_finite_k for x in leaves)
 
 
 class _Jit:

@@ -232,7 +232,7 @@ class BargainingProblem(eqx.Module):
             bp = curax.BargainingProblem.from_curation(problem)
             ```
         """
-        finite = any(k is not None for k in problem.ks)
+        finite = problem.has_finite_k
         if not finite and problem.tilt_weights is not None:
             # K = infinity on every row: the problem's cached `exp(s - max s)` is this problem's
             # utility matrix (no exponentials recomputed, and bit-for-bit the matrix that
@@ -431,7 +431,7 @@ def nash_solution(
 
 
 def _all_infinite_k(problem: CurationProblem) -> bool:
-    return problem.tilt_weights is not None and all(k is None for k in problem.ks)
+    return problem.tilt_weights is not None and not problem.has_finite_k
 
 
 def _solve_options(
@@ -1037,7 +1037,7 @@ def _mixing_fixed_point(problem: CurationProblem, *, tol: float | None, max_step
         # + the two polishes (about 2 passes per step) and the two final residuals
         "num_map_evals": evals + 2 * _POLISH_STEPS + 8,
         "max_growth_off_reference": off,
-        "infinite_k_limit": jnp.array(any(k is not None for k in problem.ks)),
+        "infinite_k_limit": jnp.array(problem.has_finite_k),
     }
     return Solution(value=p, result=result, aux=None, stats=stats, state=None)
 

@@ -568,6 +568,12 @@ class CurationProblem(eqx.Module):
         return self.k if isinstance(self.k, tuple) else (self.k,) * self.num_rewards
 
     @property
+    def has_finite_k(self) -> bool:
+        """Whether some reward row has a finite K (that row's map is then the finite-K
+        quadrature; with none, every row is the K = infinity limit)."""
+        return any(k is not None for k in self.ks)
+
+    @property
     def scaled_rewards(self) -> Float[Array, "m n"]:
         """`rewards / temperature`, the log-weights that curation uses."""
         t = self.temperature[:, None] if self.temperature.ndim else self.temperature

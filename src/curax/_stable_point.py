@@ -84,7 +84,7 @@ def stable_point_method(problem: CurationProblem) -> Method:
     """
     if not isinstance(problem, CurationProblem):
         raise ValueError(f"`problem` must be a CurationProblem, got {type(problem).__name__}.")
-    infinite = all(k is None for k in problem.ks)
+    infinite = not problem.has_finite_k
     reference = _has_reference(problem)
     if infinite:
         return "mixing_fixed_point" if reference else "nash_solution"

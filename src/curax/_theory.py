@@ -245,7 +245,7 @@ def _no_reference(problem: CurationProblem) -> bool:
 
 
 def _all_k_inf(problem: CurationProblem) -> bool:
-    return all(k is None for k in problem.ks)
+    return not problem.has_finite_k
 
 
 def _fit_rate(values: np.ndarray, floor: float = 1e-280) -> float:
