@@ -260,10 +260,8 @@ def check_input_distribution(p: Any, n: int, name: str = "p", dtype: Any = None)
     The jitted kernels behind the entry points then carry no runtime checks of their own:
     `eqx.error_if` is a host callback, and JAX never writes a program with a host callback to
     its persistent compilation cache, so a checked kernel would recompile in every process."""
-    if is_concrete(p):
-        check_distribution(p, n, name, dtype)
-        return p
-    return check_distribution(p, n, name, dtype)
+    checked = check_distribution(p, n, name, dtype)
+    return p if is_concrete(p) else checked
 
 
 def normalised_distribution(
